@@ -1,0 +1,40 @@
+"""Baseline policies, each one parameter searched against measured latency."""
+from __future__ import annotations
+
+import torch
+
+from ..graph import round_channels
+from .base import AllocationPolicy, AllocationProblem, AllocationResult, policies, search_monotone
+
+
+@policies.register("uniform")
+class Uniform(AllocationPolicy):
+    """One keep ratio for every group, bisected until the measured speedup meets the target."""
+
+    def allocate(self, problem: AllocationProblem) -> AllocationResult:
+        def family(r: float) -> dict[str, int]:
+            return problem.uniform_widths(0.05 + 0.95 * r)
+
+        return search_monotone(problem, family, "uniform search")
+
+
+@policies.register("global")
+class GlobalMagnitude(AllocationPolicy):
+    """One global threshold over all channels' scores (each group's scores divided by its mean, so
+    groups of different fan-in compare), bisected against measured speedup."""
+
+    def allocate(self, problem: AllocationProblem) -> AllocationResult:
+        normalized = {name: s / (s.mean() + 1e-12) for name, s in problem.scores.items()}
+        pooled = torch.cat(list(normalized.values())).sort().values
+
+        def family(r: float) -> dict[str, int]:
+            fraction_removed = 0.95 * (1 - r)
+            index = min(int(fraction_removed * len(pooled)), len(pooled) - 1)
+            threshold = pooled[index] if fraction_removed > 0 else -float("inf")
+            widths = {}
+            for g in problem.graph.groups:
+                kept = int((normalized[g.name] >= threshold).sum())
+                widths[g.name] = round_channels(max(kept, 1), g.channels, problem.channel_multiple)
+            return widths
+
+        return search_monotone(problem, family, "global search")

@@ -1,0 +1,121 @@
+"""The `deploycompress` command. Commands are thin: check the flags, call the library, turn known
+errors into one line on stderr and exit code 2 (`--debug` shows the traceback instead)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer.exceptions import Abort, Exit, TyperException
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress a PyTorch model to a measured speedup target and ship a smaller ONNX model.")
+
+_DEBUG = "--debug" in sys.argv
+
+
+def _overrides(**values) -> dict:
+    """Nested recipe overrides from the options the user actually gave (None means not given)."""
+    result: dict = {}
+    for dotted, value in values.items():
+        if value is None:
+            continue
+        parts = dotted.split("__")
+        node = result
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return result
+
+
+@app.command()
+def run(
+    recipe: Optional[Path] = typer.Argument(None, help="A recipe (pipelines/*.toml); options below override it."),
+    target_speedup: Optional[str] = typer.Option(None, "--target-speedup", "-t", help="Measured speedup to reach: 2x, 2 or 2.0."),
+    model: Optional[str] = typer.Option(None, help="Zoo name, path/to/file.py:factory or package.module:factory."),
+    weights: Optional[str] = typer.Option(None, help="state_dict (.pt/.pth, loaded with weights_only) or .safetensors."),
+    data: Optional[str] = typer.Option(None, help="Built-in dataset name, an .npz file, or 'none' (data-free)."),
+    input_shape: Optional[str] = typer.Option(None, help="Input shape with batch, e.g. 1,3,224,224."),
+    out: Optional[str] = typer.Option(None, help="Run directory (default runs/MODEL-TARGETx)."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads for every measurement (default 1)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size for latency measurement (default 1)."),
+    finetune_epochs: Optional[int] = typer.Option(None, help="Finetune epochs (default 6 with labels, 0 data-free)."),
+    policy: Optional[str] = typer.Option(None, help="Allocation policy: spdy, uniform, global, ..."),
+    importance: Optional[str] = typer.Option(None, help="Channel importance: l2, l1, taylor, bn_scale, fpgm, ..."),
+    ignore: Optional[str] = typer.Option(None, help="Regex of module names never pruned (heads are always kept)."),
+    device: Optional[str] = typer.Option(None, help="Latency device: cpu or cuda."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in the same --out."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Prune -> finetune -> shrink -> export -> profile, to a measured speedup target."""
+    from .pipeline import default_run_dir, run_pipeline
+    from .recipe import build_config
+    from .report import summary_lines
+
+    overrides = _overrides(target_speedup=target_speedup, model=model, weights=weights, data=data,
+                           input_shape=input_shape, out=out, seed=seed, ignore=ignore, device=device,
+                           profile__threads=threads, profile__batch_size=batch_size,
+                           finetune__epochs=finetune_epochs, prune__policy=policy, prune__importance=importance)
+    config = build_config(recipe, overrides)
+    if config.out is None:
+        config.out = str(default_run_dir(config))
+    _check_choices(config)
+    report = run_pipeline(config, resume=resume)
+    print()
+    for line in summary_lines(report):
+        print(line)
+    print(f"artifacts in {config.out}: dense.onnx, model.onnx, report.json, report.md")
+
+
+def _check_choices(config) -> None:
+    """Reject unknown policy/criterion names before any work starts."""
+    from .allocation import policies
+    from .importance import criteria
+
+    policies.get(config.prune.policy)
+    criteria.get(config.prune.importance)
+
+
+@app.command("zoo")
+def zoo_list() -> None:
+    """List the built-in models."""
+    from .models.zoo import model_registry
+
+    for name in model_registry.names():
+        entry = model_registry.get(name)
+        print(f"{name:20s} input {','.join(map(str, entry.input_shape)):12s} data {entry.dataset:8s} {entry.description}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="deploycompress", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except UserError as exc:
+        if _DEBUG:
+            raise
+        print(f"deploycompress: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exit as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except Abort:
+        print("deploycompress: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except TyperException as exc:  # usage errors: bad option values, unknown options
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"deploycompress: error: {' '.join(message.split())}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("deploycompress: interrupted; rerun with --resume to continue", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

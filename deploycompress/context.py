@@ -1,0 +1,119 @@
+"""What the stages share: one explicit object handed to every stage, never a global."""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import data as data_mod
+from .errors import UserError
+from .fileio import atomic_write
+from .graph import ChannelMasks, GroupGraph, Plan
+from .models import loading, zoo
+from .recipe import RunConfig
+from .training import accuracy, fit
+
+log = logging.getLogger("deploycompress")
+
+DENSE_EPOCHS = 15
+ZOO_CACHE_VERSION = 1
+
+
+@dataclass
+class RunContext:
+    config: RunConfig
+    run_dir: Path
+    dense: nn.Module
+    model: nn.Module  # the working copy: masked while pruning/finetuning, physically small after shrink
+    data: data_mod.DataBundle
+    example_input: torch.Tensor  # one sample (batch 1); exports have a dynamic batch axis
+    graph: GroupGraph | None = None
+    plan: Plan | None = None
+    masks: ChannelMasks | None = None
+    report: dict = field(default_factory=dict)
+
+    @property
+    def calibration(self) -> torch.Tensor:
+        return self.data.calibration(self.config.prune.calibration_samples)
+
+    def apply_masks(self, plan: Plan) -> None:
+        """(Re)build the group graph on the working model and mask what `plan` removes."""
+        if self.masks is not None:
+            self.masks.remove()
+        self.graph = GroupGraph(self.model, self.example_input, self.config.ignore)
+        self.plan = plan
+        self.masks = ChannelMasks(self.graph, plan)
+
+
+def _load_data(config: RunConfig, entry: zoo.ZooModel | None) -> data_mod.DataBundle | None:
+    source = config.data
+    if source is None and entry is not None:
+        source = entry.dataset
+    if source in (None, "none"):
+        return None
+    if source in data_mod.BUILTIN_DATASETS:
+        return data_mod.BUILTIN_DATASETS[source](seed=0)
+    if source.endswith(".npz"):
+        return data_mod.load_npz(source, seed=config.seed)
+    raise UserError(f"--data {source!r}: expected a built-in dataset ({', '.join(data_mod.BUILTIN_DATASETS)}), "
+                    "an .npz file or 'none'")
+
+
+def _trained_zoo_model(entry: zoo.ZooModel, data: data_mod.DataBundle, seed: int) -> nn.Module:
+    """Zoo models are trained once on their built-in data and cached, so later runs start pruning."""
+    model = entry.build(num_classes=data.num_classes or 10)
+    path = loading.cache_dir() / "zoo" / f"{entry.name}-{data.name}-seed{seed}-v{ZOO_CACHE_VERSION}.pt"
+    if path.is_file():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.eval()
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
+            log.warning("cached weights %s are unreadable; retraining", path)
+    print(f"Training the dense {entry.name} on {data.name} once ({DENSE_EPOCHS} epochs); cached at {path}")
+    fit(model, data, DENSE_EPOCHS, lr=3e-3, seed=seed, description=f"train {entry.name}")
+    atomic_write(path, lambda p: torch.save(model.state_dict(), p))
+    return model.eval()
+
+
+def build_context(config: RunConfig, run_dir: Path) -> RunContext:
+    torch.manual_seed(config.seed)
+    entry = loading.zoo_entry(config.model)
+    if entry is None and loading.is_zoo_name(config.model):
+        zoo.model_registry.get(config.model)  # raises the "unknown model, did you mean" error
+    data = _load_data(config, entry)
+    shape = config.input_shape or (data.input_shape if data is not None else None) or (entry.input_shape if entry else None)
+    if shape is None:
+        raise UserError("--input-shape is required when neither the data nor a zoo model says it (e.g. 1,3,224,224)")
+    if data is None:
+        data = data_mod.random_data(tuple(shape), count=max(256, config.prune.calibration_samples), seed=config.seed)
+    num_classes = data.num_classes
+    if entry is not None and config.weights is None:
+        if not data.has_labels:
+            raise UserError(f"zoo model {entry.name} has no trained weights for unlabelled data; pass --weights")
+        dense = _trained_zoo_model(entry, data, config.seed)
+    else:
+        dense = entry.build(num_classes=num_classes or 10) if entry else loading.build_user_model(config.model, num_classes)
+        if config.weights:
+            loading.load_weights(dense, config.weights)
+    dense.eval()
+    example = torch.zeros((1, *shape[1:]))
+    try:
+        with torch.no_grad():
+            out = dense(example)
+    except Exception as exc:  # noqa: BLE001 - a shape mismatch surfaces as any of several errors
+        raise UserError(f"input shape {tuple(shape)} does not fit the model: {str(exc).splitlines()[0][:200]}") from None
+    if data.has_labels and isinstance(out, torch.Tensor) and out.dim() == 2:
+        top = int(max(data.y_train.max(), data.y_test.max()))
+        if top >= out.shape[1]:
+            raise UserError(f"labels go up to {top} but the model has {out.shape[1]} outputs")
+    for p in dense.parameters():
+        p.requires_grad_(False)
+    ctx = RunContext(config, run_dir, dense, copy.deepcopy(dense), data, example)
+    for p in ctx.model.parameters():
+        p.requires_grad_(True)
+    ctx.report["accuracy"] = {"dense": accuracy(dense, data.x_test, data.y_test), "compressed": None}
+    return ctx

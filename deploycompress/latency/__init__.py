@@ -1,0 +1,1 @@
+"""Latency measurement on the deployment runtime (ONNX Runtime)."""

@@ -1,0 +1,183 @@
+"""ONNX Runtime sessions and timing discipline.
+
+The rules come from measuring on shared 2-core machines (see MEASURING.md in the team notes): one
+intra-op thread by default, warm up right before timing, compare two models by interleaving them
+(A B A B ...) and quote the median of the per-round ratios, never absolute times from separate runs.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import UserError
+
+_ISA_FLAGS = ("avx512f", "avx512_vnni", "avx512bw", "avx2", "fma", "avx", "sse4_2", "amx_tile", "neon", "asimd")
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    """CPU model and the instruction-set flags that change which kernels ORT picks."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name":
+                model = value.strip()
+            elif key in ("flags", "Features"):
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"model": model, "isa": [f for f in _ISA_FLAGS if f in flags], "machine": platform.machine()}
+
+
+def runtime_fingerprint(threads: int, batch_size: int, device: str = "cpu") -> dict:
+    """Everything a latency figure depends on besides the model: the key of every latency cache."""
+    info = cpu_info()
+    return {"ort": ort.__version__, "cpu": info["model"], "isa": "+".join(info["isa"]),
+            "threads": threads, "batch_size": batch_size, "device": device}
+
+
+def providers_for(device: str) -> list[str]:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise UserError("--device cuda: ONNX Runtime has no CUDA execution provider here "
+                            f"(install onnxruntime-gpu on a machine with a GPU); available: {', '.join(available)}")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise UserError(f"unknown device {device!r}; choose cpu or cuda")
+
+
+def make_session(model: str | Path | bytes, threads: int = 1, device: str = "cpu",
+                 profile_dir: str | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if profile_dir is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(profile_dir) / "ort_profile")
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=providers_for(device))
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.NoSuchFile, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as exc:
+        raise UserError(f"ONNX Runtime cannot load {model if not isinstance(model, bytes) else 'the model'}: "
+                        f"{str(exc).splitlines()[0]}") from None
+
+
+def random_feed(session: ort.InferenceSession, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for every graph input; symbolic dimensions other than batch become 1."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for inp in session.get_inputs():
+        shape = [batch_size if i == 0 else (d if isinstance(d, int) else 1) for i, d in enumerate(inp.shape)]
+        if "int" in inp.type:
+            feed[inp.name] = rng.integers(0, 2, size=shape).astype(np.int64)
+        else:
+            feed[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    return feed
+
+
+@dataclass
+class LatencyStats:
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    spread: float  # (p90 - p10) / median: how far the rounds disagree
+    rounds: int
+    samples_ms: list[float] = field(repr=False, default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("samples_ms")
+        return data
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def summarize(samples_ms: list[float]) -> LatencyStats:
+    median = statistics.median(samples_ms)
+    spread = (_percentile(samples_ms, 90) - _percentile(samples_ms, 10)) / median if median > 0 else 0.0
+    return LatencyStats(median, _percentile(samples_ms, 90), min(samples_ms), spread, len(samples_ms), samples_ms)
+
+
+def _time_runs(session: ort.InferenceSession, feed: dict, runs: int) -> float:
+    start = time.perf_counter()
+    for _ in range(runs):
+        session.run(None, feed)
+    return (time.perf_counter() - start) * 1000.0 / runs
+
+
+def calibrate_runs(session: ort.InferenceSession, feed: dict, target_ms: float = 20.0) -> int:
+    """How many back-to-back runs make one timing round last about `target_ms` (timer noise floor)."""
+    per_run = max(_time_runs(session, feed, 3), 1e-3)
+    return max(1, min(1000, int(target_ms / per_run)))
+
+
+def measure(session: ort.InferenceSession, feed: dict, rounds: int = 30, warmup: int = 10,
+            runs_per_round: int | None = None) -> LatencyStats:
+    for _ in range(warmup):
+        session.run(None, feed)
+    runs = runs_per_round or calibrate_runs(session, feed)
+    return summarize([_time_runs(session, feed, runs) for _ in range(rounds)])
+
+
+@dataclass
+class Comparison:
+    """Interleaved A/B timing. speedup = latency(A) / latency(B), the median of per-round ratios."""
+
+    a: LatencyStats
+    b: LatencyStats
+    speedup: float
+    ci_low: float
+    ci_high: float
+    ratio_spread: float
+    ratios: list[float] = field(repr=False, default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"a": self.a.to_dict(), "b": self.b.to_dict(), "speedup": self.speedup,
+                "ci95": [self.ci_low, self.ci_high], "ratio_spread": self.ratio_spread, "rounds": len(self.ratios)}
+
+
+def bootstrap_median_ci(values: list[float], confidence: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(values)
+    medians = np.median(rng.choice(arr, size=(resamples, len(arr)), replace=True), axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))
+
+
+def compare(session_a: ort.InferenceSession, session_b: ort.InferenceSession, feed_a: dict,
+            feed_b: dict | None = None, rounds: int = 30, warmup: int = 10) -> Comparison:
+    feed_b = feed_a if feed_b is None else feed_b
+    for _ in range(warmup):
+        session_a.run(None, feed_a)
+        session_b.run(None, feed_b)
+    runs_a, runs_b = calibrate_runs(session_a, feed_a), calibrate_runs(session_b, feed_b)
+    times_a, times_b, ratios = [], [], []
+    for _ in range(rounds):
+        ta = _time_runs(session_a, feed_a, runs_a)
+        tb = _time_runs(session_b, feed_b, runs_b)
+        times_a.append(ta)
+        times_b.append(tb)
+        ratios.append(ta / tb)
+    ratio_stats = summarize(ratios)
+    low, high = bootstrap_median_ci(ratios)
+    return Comparison(summarize(times_a), summarize(times_b), ratio_stats.median_ms, low, high,
+                      ratio_stats.spread, ratios)

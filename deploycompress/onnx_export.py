@@ -1,0 +1,87 @@
+"""PyTorch -> ONNX with a dynamic batch axis, constant weights, a full checker pass and a parity check.
+
+We use the TorchScript-based exporter (`dynamo=False`): on this torch it exports a small CNN in a
+quarter of a second against about five for the dynamo exporter, and the latency search exports
+dozens of candidates. Weights stay constant initializers (not graph inputs), which ORT needs for its
+NCHWc fast path. If a model cannot be traced that way we fall back to the dynamo exporter.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .errors import UserError
+
+OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print deprecation notes and progress lines a user cannot act on."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        previous = logging.getLogger("torch.onnx").level
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logging.getLogger("torch.onnx").setLevel(previous)
+
+
+def export_bytes(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET) -> bytes:
+    """Serialized ONNX model; raises UserError with the exporter's first line when export fails."""
+    was_training = model.training
+    model.eval()
+    buffer = io.BytesIO()
+    try:
+        with _quiet(), torch.no_grad():
+            try:
+                torch.onnx.export(model, (example_input,), buffer, dynamo=False, opset_version=opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                                  do_constant_folding=True)
+            except Exception:  # noqa: BLE001 - the legacy exporter cannot trace everything
+                buffer = io.BytesIO()
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                program = torch.onnx.export(model, (example_input,), dynamo=True, opset_version=max(opset, 18),
+                                            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                            dynamic_shapes=({0: batch},), verbose=False)
+                program.save(buffer)
+    except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as one line
+        raise UserError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:300]}") from None
+    finally:
+        model.train(was_training)
+    return buffer.getvalue()
+
+
+def check(model_bytes: bytes) -> onnx.ModelProto:
+    """onnx.checker full check (shape inference included)."""
+    proto = onnx.load_from_string(model_bytes)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise UserError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    return proto
+
+
+def max_abs_diff(model: nn.Module, session, inputs: torch.Tensor) -> float:
+    """Largest |PyTorch - ONNX Runtime| over the outputs for the same inputs."""
+    model.eval()
+    with torch.no_grad():
+        expected = model(inputs).numpy()
+    input_name = session.get_inputs()[0].name
+    actual = session.run(None, {input_name: inputs.numpy().astype(np.float32)})[0]
+    return float(np.abs(expected - actual).max())
+
+
+def file_size(path: str | os.PathLike) -> int:
+    return os.path.getsize(path)

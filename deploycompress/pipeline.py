@@ -1,0 +1,69 @@
+"""Runs the stages over one run directory; records what finished in a manifest so `--resume` can pick
+up after an interruption; writes the report at the end."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .context import RunContext, build_context
+from .errors import UserError
+from .fileio import ensure_writable_dir, sha256, write_json
+from .recipe import RunConfig
+from .report import build_report, write_report
+from .stages import Stage, default_stages
+
+MANIFEST = "manifest.json"
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    name = config.model.replace("/", "_").replace(":", "_").replace(".py", "")
+    return Path("runs") / f"{name}-{config.target_speedup:g}x"
+
+
+def _read_manifest(run_dir: Path, config: RunConfig) -> dict:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return {"config": config.to_dict(), "stages": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {"config": config.to_dict(), "stages": {}}
+    return manifest
+
+
+def _stage_intact(run_dir: Path, record: dict) -> bool:
+    return all((run_dir / name).is_file() and sha256(run_dir / name) == digest
+               for name, digest in record.get("outputs", {}).items())
+
+
+def run_pipeline(config: RunConfig, resume: bool = False, stages: list[Stage] | None = None) -> dict:
+    run_dir = ensure_writable_dir(config.out or default_run_dir(config))
+    stages = stages or default_stages()
+    manifest = _read_manifest(run_dir, config) if resume else {"config": config.to_dict(), "stages": {}}
+    if resume and manifest["config"] != config.to_dict():
+        raise UserError(f"{run_dir} holds a run with different settings; resume with the same options or use a new --out")
+    write_json(run_dir / MANIFEST, manifest)
+    started = time.perf_counter()
+    ctx: RunContext = build_context(config, run_dir)
+    timings = []
+    restoring = resume
+    for stage in stages:
+        record = manifest["stages"].get(stage.name)
+        if restoring and record and record.get("done") and _stage_intact(run_dir, record):
+            print(f"[{stage.name}] already done; restored from {run_dir}")
+            stage.restore(ctx)
+            timings.append({"name": stage.name, "seconds": record["seconds"], "resumed": True})
+            continue
+        restoring = False  # every stage after the first re-run one must run again
+        print(f"[{stage.name}] ...")
+        t0 = time.perf_counter()
+        stage.run(ctx)
+        seconds = time.perf_counter() - t0
+        timings.append({"name": stage.name, "seconds": round(seconds, 3), "resumed": False})
+        manifest["stages"][stage.name] = {"done": True, "seconds": round(seconds, 3),
+                                          "outputs": {name: sha256(run_dir / name) for name in stage.outputs}}
+        write_json(run_dir / MANIFEST, manifest)
+    report = build_report(ctx, timings, time.perf_counter() - started)
+    write_report(run_dir, report)
+    return report

@@ -1,0 +1,190 @@
+"""Run configuration: dataclasses validated on construction, loaded from TOML recipes, overridden
+from the command line. An unknown key or a wrong type is an error that names the key, and the whole
+recipe is checked before anything runs."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def parse_speedup(value: str | float | int) -> float:
+    """'2x', '2', '2.0' -> 2.0; must be a finite number greater than 1."""
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*x?", text)
+    if not match:
+        raise UserError(f"target speedup {value!r} is not a number like 2x, 2 or 2.0")
+    speedup = float(match.group(1))
+    if not speedup > 1.0 or speedup == float("inf"):
+        raise UserError(f"target speedup must be greater than 1 (got {value})")
+    return speedup
+
+
+def parse_shape(value: str | list | tuple | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    parts = value if isinstance(value, (list, tuple)) else str(value).replace("x", ",").split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise UserError(f"input shape {value!r} must be comma-separated integers, e.g. 1,3,224,224") from None
+    if len(shape) < 2 or any(d <= 0 for d in shape):
+        raise UserError(f"input shape {value!r} needs a batch dimension and positive sizes, e.g. 1,3,224,224")
+    return shape
+
+
+@dataclass
+class PruneConfig:
+    policy: str = "spdy"
+    importance: str = "l2"
+    channel_multiple: int = 8
+    calibration_samples: int = 256
+    max_overshoot: float = 0.10  # measured speedup may exceed the target by at most this fraction
+    search_rounds: int = 15  # measured-latency rounds per candidate in the search
+
+    def __post_init__(self) -> None:
+        if self.channel_multiple < 1:
+            raise UserError("prune.channel_multiple must be at least 1")
+        if self.calibration_samples < 1:
+            raise UserError("prune.calibration_samples must be at least 1")
+        if not 0 < self.max_overshoot < 1:
+            raise UserError("prune.max_overshoot must be between 0 and 1")
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int | None = None  # None: the default (6 with labelled data, 0 data-free)
+    lr: float = 2e-3
+    temperature: float = 4.0
+    distill_weight: float = 0.7
+    batch_size: int = 64
+    regularizer: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.epochs < 0:
+            raise UserError("finetune epochs must be 0 or more")
+        if self.lr <= 0:
+            raise UserError("finetune.lr must be positive")
+
+
+@dataclass
+class ProfileConfig:
+    threads: int = 1
+    batch_size: int = 1
+    rounds: int = 40
+    warmup: int = 20
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise UserError("threads must be at least 1")
+        if self.batch_size < 1:
+            raise UserError("batch size must be at least 1")
+        if self.rounds < 3:
+            raise UserError("profile.rounds must be at least 3")
+
+
+@dataclass
+class RunConfig:
+    model: str = "resnet_digits"
+    weights: str | None = None
+    data: str | None = None  # a built-in dataset name, an npz path, file.py:factory, or None
+    input_shape: tuple[int, ...] | None = None
+    target_speedup: float = 2.0
+    out: str | None = None
+    seed: int = 0
+    ignore: str | None = None
+    device: str = "cpu"
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+
+    def __post_init__(self) -> None:
+        self.target_speedup = parse_speedup(self.target_speedup)
+        self.input_shape = parse_shape(self.input_shape)
+        if self.device not in ("cpu", "cuda"):
+            raise UserError(f"device must be cpu or cuda (got {self.device!r})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Accept `value` for a field annotated `annotation` (a small subset of typing), else raise."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(key, value, option)
+            except UserError:
+                continue
+        raise UserError(f"recipe key {key!r}: {value!r} is not a valid {annotation}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple, str)):
+            raise UserError(f"recipe key {key!r}: expected a list of integers, got {value!r}")
+        return value
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and key.endswith("target_speedup") and isinstance(value, str):
+        return value
+    if isinstance(annotation, type) and isinstance(value, annotation) and not (
+            isinstance(value, bool) and annotation is not bool):
+        return value
+    raise UserError(f"recipe key {key!r}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise UserError(f"recipe section {prefix.rstrip('.') or 'root'!r} must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise UserError(f"unknown recipe key {prefix + unknown[0]!r}; valid keys: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(prefix + name, value, hint)
+    return cls(**kwargs)
+
+
+def load_recipe(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise UserError(f"recipe not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"recipe {path} is not valid TOML: {exc}") from None
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """Deep-merge `overrides` (command-line values that were given) into `base` (the recipe)."""
+    result = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            result[key] = merge(result.get(key, {}) if isinstance(result.get(key), dict) else {}, value)
+        else:
+            result[key] = value
+    return result
+
+
+def build_config(recipe_path: str | Path | None, overrides: dict) -> RunConfig:
+    base = load_recipe(recipe_path) if recipe_path else {}
+    return from_dict(RunConfig, merge(base, overrides))

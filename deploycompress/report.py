@@ -1,0 +1,120 @@
+"""report.json (for release scripts) and report.md (for people), written at the end of every run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import __version__
+from .context import RunContext
+from .fileio import write_json, write_text
+
+REPORT_SCHEMA = 1
+
+
+def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> dict:
+    cfg = ctx.config
+    latency = ctx.report.get("latency", {})
+    comparison = latency.get("comparison", {})
+    prune = ctx.report.get("prune", {})
+    measured = comparison.get("speedup")
+    dense_acc = ctx.report["accuracy"]["dense"]
+    comp_acc = ctx.report["accuracy"]["compressed"]
+    report = {
+        "schema": REPORT_SCHEMA,
+        "deploycompress": __version__,
+        "model": cfg.model,
+        "data": ctx.data.name,
+        "target_speedup": cfg.target_speedup,
+        "target_met": None if measured is None else bool(measured >= cfg.target_speedup),
+        "speedup": {
+            "measured": measured,
+            "ci95": comparison.get("ci95"),
+            "ratio_spread": comparison.get("ratio_spread"),
+            "predicted": prune.get("predicted_speedup"),
+            "macs_ratio": _ratio(ctx.report.get("macs", {})),
+        },
+        "latency_ms": {
+            "dense": comparison.get("a", {}).get("median_ms"),
+            "compressed": comparison.get("b", {}).get("median_ms"),
+            "dense_p90": comparison.get("a", {}).get("p90_ms"),
+            "compressed_p90": comparison.get("b", {}).get("p90_ms"),
+            "predicted": prune.get("predicted_latency_ms"),
+        },
+        "threads": cfg.profile.threads,
+        "batch_size": cfg.profile.batch_size,
+        "device": cfg.device,
+        "runtime": latency.get("fingerprint"),
+        "params": ctx.report.get("params"),
+        "macs": ctx.report.get("macs"),
+        "accuracy": {"dense": dense_acc, "compressed": comp_acc,
+                     "drop": None if dense_acc is None or comp_acc is None else dense_acc - comp_acc},
+        "onnx": ctx.report.get("onnx"),
+        "policy": prune.get("policy"),
+        "importance": prune.get("importance"),
+        "finetune": ctx.report.get("finetune"),
+        "stages": timings,
+        "total_seconds": round(total_seconds, 3),
+        "layers": prune.get("layers", []),
+        "skipped_groups": prune.get("skipped", []),
+        "ignored_modules": prune.get("ignored", []),
+        "search": {"candidates": prune.get("candidates", []), "details": prune.get("details", {})},
+        "config": cfg.to_dict(),
+        "artifacts": {"dense_onnx": "dense.onnx", "compressed_onnx": "model.onnx", "plan": "plan.json"},
+    }
+    return report
+
+
+def _ratio(pair: dict) -> float | None:
+    if pair.get("dense") and pair.get("compressed"):
+        return pair["dense"] / pair["compressed"]
+    return None
+
+
+def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def summary_lines(report: dict) -> list[str]:
+    s, lat, acc = report["speedup"], report["latency_ms"], report["accuracy"]
+    verdict = "MET" if report["target_met"] else "NOT MET"
+    lines = [
+        f"target {report['target_speedup']:g}x: {verdict} - measured {_fmt(s['measured'])}x "
+        f"(95% CI {_fmt((s['ci95'] or [None])[0])}-{_fmt((s['ci95'] or [None, None])[1])}), "
+        f"predicted {_fmt(s['predicted'])}x, MACs ratio {_fmt(s['macs_ratio'])}x",
+        f"latency   dense {_fmt(lat['dense'], '.3f')} ms -> compressed {_fmt(lat['compressed'], '.3f')} ms "
+        f"(ONNX Runtime {report['device']}, {report['threads']} thread(s), batch {report['batch_size']})",
+        f"params    {report['params']['dense']:,} -> {report['params']['compressed']:,}; "
+        f"MACs {report['macs']['dense']:,} -> {report['macs']['compressed']:,}",
+        f"accuracy  dense {_fmt(acc['dense'], '.2f', '%')} -> compressed {_fmt(acc['compressed'], '.2f', '%')}",
+        f"onnx      parity max |torch - ORT| = {report['onnx']['max_abs_diff']:.2e}, opset {report['onnx']['opset']}",
+        f"policy    {report['policy']} with importance {report['importance']}; "
+        f"{len(report['search']['candidates'])} candidates measured",
+    ]
+    return lines
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# deploycompress report: {report['model']} at {report['target_speedup']:g}x", ""]
+    lines += [f"- {line}" for line in summary_lines(report)]
+    lines += ["", "## Stages", "", "| stage | seconds | resumed |", "|---|---:|---|"]
+    lines += [f"| {t['name']} | {t['seconds']:.2f} | {'yes' if t.get('resumed') else ''} |" for t in report["stages"]]
+    lines += ["", "## Layers", "",
+              "| group | channels before | channels after | kept | latency before (ms) | latency after (ms) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for layer in report["layers"]:
+        kept = layer["channels_after"] / layer["channels_before"]
+        lines.append(f"| {layer['name']} | {layer['channels_before']} | {layer['channels_after']} | {kept:.0%} | "
+                     f"{_fmt(layer.get('latency_ms_before'), '.3f')} | {_fmt(layer.get('latency_ms_after'), '.3f')} |")
+    if report["skipped_groups"]:
+        lines += ["", "## Left dense", ""]
+        lines += [f"- `{s['name']}`: {s['reason']}" for s in report["skipped_groups"]]
+    rt = report.get("runtime") or {}
+    lines += ["", "## Measurement", "",
+              f"Interleaved A/B rounds after warm-up, median of per-round ratios. ONNX Runtime {rt.get('ort')}, "
+              f"CPU {rt.get('cpu')} ({rt.get('isa')}), {report['threads']} intra-op thread(s), batch {report['batch_size']}.",
+              "Latency figures are specific to this CPU, runtime version, thread count and batch size.", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, report: dict) -> None:
+    write_json(run_dir / "report.json", report)
+    write_text(run_dir / "report.md", markdown(report))

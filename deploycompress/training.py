@@ -1,0 +1,94 @@
+"""Training, distillation and evaluation loops shared by the zoo cache and the finetune stage."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from .progress import bar as progress_bar
+
+from .data import DataBundle
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> float | None:
+    """Top-1 accuracy in percent, or None without labels."""
+    if y is None:
+        return None
+    return float((predict(model, x).argmax(1) == y).float().mean() * 100)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on softened logits, scaled by T^2 so gradients keep their size."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1),
+                    reduction="batchmean") * t * t
+
+
+def fit(
+    model: nn.Module,
+    data: DataBundle,
+    epochs: int,
+    lr: float,
+    seed: int,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+    distill_weight: float = 0.7,
+    batch_size: int = 64,
+    regularizer: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
+    description: str = "train",
+) -> list[float]:
+    """Train with cross-entropy (labels) and/or distillation (teacher). Returns per-epoch mean loss.
+
+    With a teacher and labels the loss is distill_weight * KL + (1 - distill_weight) * CE; with a
+    teacher and no labels it is KL alone. `regularizer` adds a penalty (DSM, synaptic strength);
+    `after_step` runs after each optimiser step (re-applying masks, for example).
+    """
+    if epochs <= 0:
+        return []
+    torch.manual_seed(seed)
+    loader = data.train_loader(batch_size, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader))
+    if teacher is not None:
+        teacher.eval()
+    losses = []
+    bar = progress_bar(epochs * len(loader), description, unit="step")
+    for _ in range(epochs):
+        model.train()
+        total, count = 0.0, 0
+        for batch in loader:
+            x = batch[0]
+            y = batch[1] if len(batch) > 1 else None
+            logits = model(x)
+            loss = torch.zeros(())
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                kd = distillation_loss(logits, teacher_logits, temperature)
+                loss = kd if y is None else distill_weight * kd + (1 - distill_weight) * F.cross_entropy(logits, y)
+            elif y is not None:
+                loss = F.cross_entropy(logits, y)
+            if regularizer is not None:
+                loss = loss + regularizer()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if after_step is not None:
+                after_step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        losses.append(total / max(count, 1))
+    bar.close()
+    model.eval()
+    return losses
