@@ -1,22 +1,12 @@
-"""The `deploycompress` command. Commands are thin: check the flags, call the library, turn known
-errors into one line on stderr and exit code 2 (`--debug` shows the traceback instead)."""
+"""`deploycompress run`: the whole pipeline to a measured speedup target."""
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from typer.exceptions import Abort, Exit, TyperException
 
-from .errors import UserError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compress a PyTorch model to a measured speedup target and ship a smaller ONNX model.")
-
-_DEBUG = "--debug" in sys.argv
-
+from . import app
 
 def _overrides(**values) -> dict:
     """Nested recipe overrides from the options the user actually gave (None means not given)."""
@@ -53,9 +43,9 @@ def run(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Prune -> finetune -> shrink -> export -> profile, to a measured speedup target."""
-    from .pipeline import default_run_dir, run_pipeline
-    from .recipe import build_config
-    from .report import summary_lines
+    from ..pipeline import default_run_dir, run_pipeline
+    from ..recipe import build_config
+    from ..report import summary_lines
 
     overrides = _overrides(target_speedup=target_speedup, model=model, weights=weights, data=data,
                            input_shape=input_shape, out=out, seed=seed, ignore=ignore, device=device,
@@ -74,48 +64,8 @@ def run(
 
 def _check_choices(config) -> None:
     """Reject unknown policy/criterion names before any work starts."""
-    from .allocation import policies
-    from .importance import criteria
+    from ..allocation import policies
+    from ..importance import criteria
 
     policies.get(config.prune.policy)
     criteria.get(config.prune.importance)
-
-
-@app.command("zoo")
-def zoo_list() -> None:
-    """List the built-in models."""
-    from .models.zoo import model_registry
-
-    for name in model_registry.names():
-        entry = model_registry.get(name)
-        print(f"{name:20s} input {','.join(map(str, entry.input_shape)):12s} data {entry.dataset:8s} {entry.description}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
-    command = typer.main.get_command(app)
-    try:
-        code = command.main(args=argv, prog_name="deploycompress", standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
-    except UserError as exc:
-        if _DEBUG:
-            raise
-        print(f"deploycompress: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except Exit as exc:
-        sys.exit(getattr(exc, "exit_code", 0))
-    except Abort:
-        print("deploycompress: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except TyperException as exc:  # usage errors: bad option values, unknown options
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"deploycompress: error: {' '.join(message.split())}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("deploycompress: interrupted; rerun with --resume to continue", file=sys.stderr)
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
