@@ -48,6 +48,7 @@ class PruneConfig:
     calibration_samples: int = 256
     max_overshoot: float = 0.10  # measured speedup may exceed the target by at most this fraction
     search_rounds: int = 15  # measured-latency rounds per candidate in the search
+    spdy_evaluations: int = 60  # calibration-loss evaluations in SPDY's coefficient search
 
     def __post_init__(self) -> None:
         if self.channel_multiple < 1:

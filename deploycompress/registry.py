@@ -23,7 +23,8 @@ class Registry(Generic[T]):
     def register(self, name: str | None = None) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             key = name or getattr(obj, "name", None) or obj.__name__  # type: ignore[attr-defined]
-            if key in self._entries:
+            # A lazy "module:attr" placeholder is replaced when its module registers the real entry.
+            if key in self._entries and not isinstance(self._entries[key], str):
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._entries[key] = obj
             return obj

@@ -37,7 +37,8 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
             "compressed": comparison.get("b", {}).get("median_ms"),
             "dense_p90": comparison.get("a", {}).get("p90_ms"),
             "compressed_p90": comparison.get("b", {}).get("p90_ms"),
-            "predicted": prune.get("predicted_latency_ms"),
+            # Rescaled to this measurement's dense latency: absolute times drift, ratios hold.
+            "predicted": _scaled_prediction(comparison, prune.get("predicted_speedup")),
         },
         "threads": cfg.profile.threads,
         "batch_size": cfg.profile.batch_size,
@@ -61,6 +62,11 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         "artifacts": {"dense_onnx": "dense.onnx", "compressed_onnx": "model.onnx", "plan": "plan.json"},
     }
     return report
+
+
+def _scaled_prediction(comparison: dict, predicted_speedup: float | None) -> float | None:
+    dense = comparison.get("a", {}).get("median_ms")
+    return None if dense is None or not predicted_speedup else dense / predicted_speedup
 
 
 def _ratio(pair: dict) -> float | None:
@@ -92,7 +98,7 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, plots: list[str] | None = None) -> str:
     lines = [f"# deploycompress report: {report['model']} at {report['target_speedup']:g}x", ""]
     lines += [f"- {line}" for line in summary_lines(report)]
     lines += ["", "## Stages", "", "| stage | seconds | resumed |", "|---|---:|---|"]
@@ -112,9 +118,13 @@ def markdown(report: dict) -> str:
               f"Interleaved A/B rounds after warm-up, median of per-round ratios. ONNX Runtime {rt.get('ort')}, "
               f"CPU {rt.get('cpu')} ({rt.get('isa')}), {report['threads']} intra-op thread(s), batch {report['batch_size']}.",
               "Latency figures are specific to this CPU, runtime version, thread count and batch size.", ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     return "\n".join(lines)
 
 
 def write_report(run_dir: Path, report: dict) -> None:
+    from .plots import write_run_plots  # matplotlib loads only when a report is written
+
     write_json(run_dir / "report.json", report)
-    write_text(run_dir / "report.md", markdown(report))
+    write_text(run_dir / "report.md", markdown(report, write_run_plots(run_dir, report)))

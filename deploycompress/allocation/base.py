@@ -39,7 +39,7 @@ class SpeedupMeter:
                  rounds: int, device: str = "cpu"):
         self.dense = dense
         self.example_input = example_input
-        self.threads, self.rounds, self.device = threads, rounds, device
+        self.threads, self.rounds, self.device, self.batch_size = threads, rounds, device, batch_size
         self.dense_session = runtime.make_session(export_bytes(dense, example_input), threads, device)
         self.feed = runtime.random_feed(self.dense_session, batch_size)
         self.dense_ms = runtime.measure(self.dense_session, self.feed, rounds=rounds).median_ms
@@ -72,6 +72,7 @@ class AllocationProblem:
     meter: SpeedupMeter
     calibration_loss: Callable[[Plan], float]
     seed: int
+    spdy_evaluations: int = 60  # calibration-loss evaluations in SPDY's coefficient search
     # The search aims a little above the target so that the final, longer measurement still meets it.
     margin: float = 0.03
     notes: list[str] = field(default_factory=list)
@@ -80,7 +81,7 @@ class AllocationProblem:
         return {g.name: keep_top(self.scores[g.name], widths[g.name]) for g in self.graph.groups}
 
     def uniform_widths(self, keep_ratio: float) -> dict[str, int]:
-        return {g.name: round_channels(keep_ratio * g.channels, g.channels, self.channel_multiple)
+        return {g.name: round_channels(keep_ratio * g.channels, g.channels, g.unit_multiple(self.channel_multiple))
                 for g in self.graph.groups}
 
 

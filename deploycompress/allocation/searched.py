@@ -34,7 +34,7 @@ class GlobalMagnitude(AllocationPolicy):
             widths = {}
             for g in problem.graph.groups:
                 kept = int((normalized[g.name] >= threshold).sum())
-                widths[g.name] = round_channels(max(kept, 1), g.channels, problem.channel_multiple)
+                widths[g.name] = round_channels(max(kept, 1), g.channels, g.unit_multiple(problem.channel_multiple))
             return widths
 
         return search_monotone(problem, family, "global search")

@@ -9,23 +9,31 @@ import torch.nn.functional as F
 from ..allocation import AllocationProblem, SpeedupMeter, policies
 from ..context import RunContext
 from ..fileio import write_json
-from ..graph import GroupGraph, Plan
+from ..allocation.latency_model import build_latency_model
+from ..graph import ChannelMasks, GroupGraph, Plan
 from ..importance import ScoringContext, score_groups
 from ..training import predict
 from .base import Stage
 
 
-def calibration_loss_fn(ctx: RunContext):
-    """Loss of the masked model on calibration data: cross-entropy with labels, else distillation."""
+def calibration_loss_fn(ctx: RunContext, graph: GroupGraph):
+    """Loss of the model masked to a plan, on calibration data: cross-entropy with labels, else
+    distillation against the dense model. BatchNorm statistics are re-estimated for each plan first
+    (and restored afterwards): with stale statistics every heavily pruned plan looks equally broken and
+    the allocation search has nothing to go on."""
     x = ctx.calibration
     labels = ctx.data.y_train[: len(x)] if ctx.data.has_labels else None
     teacher = predict(ctx.dense, x)
 
     def loss(plan: Plan) -> float:
-        ctx.apply_masks(plan)
-        logits = predict(ctx.model, x)
-        ctx.masks.remove()
-        ctx.masks = None
+        saved = _batchnorm_buffers(ctx.model)
+        masks = ChannelMasks(graph, plan)
+        try:
+            recalibrate_batchnorm(ctx)
+            logits = predict(ctx.model, x)
+        finally:
+            masks.remove()
+            _restore_batchnorm_buffers(ctx.model, saved)
         if labels is not None:
             return float(F.cross_entropy(logits, labels))
         return float(F.kl_div(F.log_softmax(logits, 1), F.softmax(teacher, 1), reduction="batchmean"))
@@ -33,10 +41,24 @@ def calibration_loss_fn(ctx: RunContext):
     return loss
 
 
+def _batchnorms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def _batchnorm_buffers(model: torch.nn.Module) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.clone() for k, v in bn.state_dict().items() if k.startswith(("running_", "num_batches"))}
+            for bn in _batchnorms(model)]
+
+
+def _restore_batchnorm_buffers(model: torch.nn.Module, saved: list[dict[str, torch.Tensor]]) -> None:
+    for bn, buffers in zip(_batchnorms(model), saved):
+        bn.load_state_dict(buffers, strict=False)
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(ctx: RunContext) -> None:
     """Re-estimate BatchNorm statistics on calibration data: pruning shifts them."""
-    bns = [m for m in ctx.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bns = _batchnorms(ctx.model)
     if not bns:
         return
     for bn in bns:
@@ -57,7 +79,10 @@ class PruneStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         cfg = ctx.config
-        graph = GroupGraph(ctx.model, ctx.example_input, cfg.ignore)
+        # verify: test-prune each group on a copy; groups that would break the model stay dense
+        graph = GroupGraph(ctx.model, ctx.example_input, cfg.ignore, verify=True)
+        for skipped in graph.skipped:
+            print(f"prune: left {skipped.name} dense: {skipped.reason}")
         x = ctx.calibration
         scoring = ScoringContext(ctx.model, graph, x, ctx.data.y_train[: len(x)] if ctx.data.has_labels else None,
                                  predict(ctx.dense, x))
@@ -67,16 +92,29 @@ class PruneStage(Stage):
         meter = SpeedupMeter(ctx.dense, ctx.example_input, cfg.profile.threads, cfg.profile.batch_size,
                              cfg.prune.search_rounds, cfg.device)
         problem = AllocationProblem(graph, scores, cfg.target_speedup, cfg.prune.max_overshoot,
-                                    cfg.prune.channel_multiple, meter, calibration_loss_fn(ctx), cfg.seed)
+                                    cfg.prune.channel_multiple, meter, calibration_loss_fn(ctx, graph), cfg.seed,
+                                    spdy_evaluations=cfg.prune.spdy_evaluations)
         result = policies.get(cfg.prune.policy)().allocate(problem)
+        # Per-group latency and the whole-model prediction, for every policy: the latency model is fitted
+        # to every candidate measured during the search except the chosen plan itself, so the error of
+        # the prediction reported here is an honest out-of-sample figure.
+        widths = {name: len(kept) for name, kept in result.plan.items()}
+        latency_model = build_latency_model(problem)
+        for m in meter.history:
+            latency_model.add_measurement(m.widths, m.speedup)
+        predicted_ms = latency_model.predict_ms_excluding(widths)
+        result.predicted_speedup = meter.dense_ms / predicted_ms
         print(f"prune: chose a plan measured at {result.measured_speedup:.2f}x after "
               f"{len(meter.history)} measured candidates")
         ctx.apply_masks(result.plan)
         recalibrate_batchnorm(ctx)
         layers = [{"name": g.name, "channels_before": g.channels, "channels_after": len(result.plan[g.name]),
+                   "latency_ms_before": latency_model.scale * latency_model.group_ms(g.name),
+                   "latency_ms_after": latency_model.scale * latency_model.group_ms(g.name, widths),
                    "members": g.members} for g in graph.groups]
         info = {"policy": cfg.prune.policy, "importance": cfg.prune.importance,
                 "search_speedup": result.measured_speedup, "predicted_speedup": result.predicted_speedup,
+                "predicted_latency_ms": predicted_ms, "search_dense_ms": meter.dense_ms, "notes": problem.notes,
                 "candidates": [{"speedup": m.speedup, "latency_ms": m.latency_ms, "widths": m.widths}
                                for m in meter.history],
                 "details": result.details, "layers": layers,

@@ -1,0 +1,107 @@
+"""Whole-model and per-group latency predictions from the in-context operator latency table."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..latency import runtime
+from ..latency.table import LatencyTable, Operator, OperatorCurve, build_table, find_operators, widths_signature
+from ..models.loading import cache_dir
+from ..onnx_export import export_bytes
+from ..progress import bar as progress_bar
+
+LADDER = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+
+
+class LatencyModel:
+    """latency(plan) = a + b * sum(operator times at plan), with (a, b) fitted to whole-model measurements.
+
+    The operator times come from the model itself (profiled in context), so before any candidate is
+    measured the fit is a = measured dense latency - sum(dense operator times) (what the operators do
+    not account for: session overhead, pooling, reorders) and b = 1. Each measured candidate refits
+    (a, b) by least squares, which absorbs whatever the profiler's own overhead distorts.
+    """
+
+    def __init__(self, operators: list[Operator], curves: dict[str, OperatorCurve], group_channels: dict[str, int],
+                 dense_ms: float):
+        self.operators = [op for op in operators if op.name in curves]
+        self.curves = curves
+        self.group_channels = group_channels
+        self.dense_ms = dense_ms
+        self.dense_sum = self.operator_sum({})
+        self.points: list[tuple[float, float]] = [(self.dense_sum, dense_ms)]
+        self.offset, self.scale = dense_ms - self.dense_sum, 1.0
+
+    def _op_ms(self, op: Operator, removed: dict[str, int]) -> float:
+        return self.curves[op.name](widths_signature(op, removed).cost_coordinate())
+
+    def removed(self, widths: dict[str, int]) -> dict[str, int]:
+        return {g: self.group_channels[g] - w for g, w in widths.items()}
+
+    def operator_sum(self, widths: dict[str, int]) -> float:
+        removed = self.removed(widths)
+        return sum(self._op_ms(op, removed) for op in self.operators)
+
+    def add_measurement(self, widths: dict[str, int], speedup: float) -> None:
+        """Record a whole-model measurement (as a speedup over dense, which is drift-free) and refit."""
+        self.points.append((self.operator_sum(widths), self.dense_ms / speedup))
+        self.offset, self.scale = fit_affine(self.points)
+
+    def predict_ms(self, widths: dict[str, int]) -> float:
+        return self.offset + self.scale * self.operator_sum(widths)
+
+    def predict_ms_excluding(self, widths: dict[str, int]) -> float:
+        """Prediction from a fit that leaves out this plan's own measurements: an honest error figure."""
+        own = self.operator_sum(widths)
+        others = [p for p in self.points if abs(p[0] - own) > 1e-12] or self.points[:1]
+        offset, scale = fit_affine(others)
+        return offset + scale * own
+
+    def group_ms(self, group: str, widths: dict[str, int] | None = None) -> float:
+        """The group's share of operator time (an operator between two groups counts half to each)."""
+        removed = self.removed(widths or {})
+        total = 0.0
+        for op in self.operators:
+            touching = set(op.in_groups) | set(op.out_groups)
+            if group in touching:
+                total += self._op_ms(op, removed) / len(touching)
+        return total
+
+    def unit_times(self, group: str, widths: list[int]) -> list[float]:
+        """t[g][k]: the group's share at each candidate width with every other group dense."""
+        return [self.group_ms(group, {group: w}) for w in widths]
+
+
+def fit_affine(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares (a, b) for latency = a + b * operator_sum, with b kept positive."""
+    if len(points) < 2:
+        x, y = points[0]
+        return y - x, 1.0
+    x = np.array([p[0] for p in points])
+    y = np.array([p[1] for p in points])
+    if np.ptp(x) < 1e-9:
+        return float(y.mean() - x.mean()), 1.0
+    scale, offset = np.polyfit(x, y, 1)
+    if scale <= 0:
+        return float(y.mean() - x.mean()), 1.0
+    return float(offset), float(scale)
+
+
+def build_latency_model(problem) -> LatencyModel:
+    """Profile the model's ladder of uniform widths (or read it from the cache) and wrap it."""
+    meter = problem.meter
+    fingerprint = runtime.runtime_fingerprint(meter.threads, meter.batch_size, meter.device)
+    table = LatencyTable(fingerprint, LatencyTable.cache_file(cache_dir(), fingerprint))
+    operators = find_operators(problem.graph, meter.batch_size)
+    channels = {g.name: g.channels for g in problem.graph.groups}
+    ladder = [problem.uniform_widths(r) for r in LADDER]
+
+    def build_variant(widths: dict[str, int]) -> bytes:
+        return export_bytes(meter.build(problem.plan_from_widths(widths)), meter.example_input)
+
+    progress = progress_bar(len(ladder), "latency table", unit="variant")
+    curves = build_table(operators, ladder, channels, table, build_variant, progress.update)
+    progress.close()
+    problem.notes.append(f"latency table: {len(operators)} operators, {len(ladder)} ladder variants, "
+                         f"{table.variants_profiled} profiled now (the rest cached)")
+    problem.latency_table_variants_profiled = table.variants_profiled
+    return LatencyModel(operators, curves, channels, meter.dense_ms)

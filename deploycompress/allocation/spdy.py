@@ -1,0 +1,149 @@
+"""SPDY-style allocation (Frantar & Alistarh, ICML 2022) on channel groups, against latencies measured on
+the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts it to channels:
+
+1. Levels: each group's candidate widths, multiples of the width ORT rewards (8), dense first.
+2. Timing table: t[g][k] from the operator latency table (latency/table.py). An operator whose input
+   and output widths come from two groups is split half to each, so the dense times add up exactly.
+3. DP (spdy_dp.solve_dp) under the budget B = T_base / X - (T_base - T_prunable).
+4. The additive table is an approximation (a conv between two pruned groups shrinks on both sides),
+   so the solved plan is *measured*, and the speedup the DP aims for is corrected (secant steps, then
+   bisection) until the measured speedup lands in [target, target * (1 + max_overshoot)].
+5. The error coefficients c are searched (spdy_dp.coefficient_search) at that aim, each candidate
+   scored by the calibration loss of the model masked to the DP's plan; then step 4 runs once more.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import TargetUnreachable
+from ..progress import bar as progress_bar
+from .base import AllocationPolicy, AllocationProblem, AllocationResult, policies
+from .latency_model import LatencyModel, build_latency_model
+from .spdy_dp import coefficient_search, prunable_budget, quadratic_errors, solve_dp
+
+MAX_LEVELS = 16
+CALIBRATION_STEPS = 8
+
+
+def level_widths(channels: int, multiple: int, max_levels: int = MAX_LEVELS) -> list[int]:
+    """Candidate widths, dense first, on multiples of `multiple` (or quarters for narrow groups)."""
+    if channels >= 2 * multiple:
+        widths = list(range(channels - channels % multiple if channels % multiple else channels, multiple - 1, -multiple))
+        if widths[0] != channels:
+            widths.insert(0, channels)
+    else:
+        widths = sorted({max(1, round(channels * r)) for r in (1.0, 0.75, 0.5, 0.25)}, reverse=True)
+    if len(widths) > max_levels:  # keep dense and the narrowest, thin the middle evenly
+        picks = np.linspace(0, len(widths) - 1, max_levels).round().astype(int)
+        widths = [widths[i] for i in sorted(set(picks))]
+    return widths
+
+
+@policies.register("spdy")
+class SPDY(AllocationPolicy):
+    def allocate(self, problem: AllocationProblem) -> AllocationResult:
+        groups = problem.graph.groups
+        levels = {g.name: level_widths(g.channels, problem.channel_multiple) for g in groups}
+        model: LatencyModel = build_latency_model(problem)
+        times = [model.unit_times(g.name, levels[g.name]) for g in groups]
+        t_base = problem.meter.dense_ms
+        t_prunable = sum(t[0] for t in times)
+        counts = [len(levels[g.name]) for g in groups]
+        goal = problem.target * (1 + problem.margin)
+        ceiling = problem.target * (1 + problem.max_overshoot)
+        trace: list[dict] = []
+
+        def widths_for(level_choice) -> dict[str, int]:
+            return {g.name: levels[g.name][k] for g, k in zip(groups, level_choice)}
+
+        def solve(coefficients, aim: float):
+            budget = prunable_budget(t_base, t_prunable, aim)
+            return solve_dp(times, quadratic_errors(coefficients, counts), budget)
+
+        def measure(widths: dict[str, int], aim: float, phase: str) -> float:
+            predicted_ms = model.predict_ms(widths)
+            measured = problem.meter.measure(problem.plan_from_widths(widths))
+            model.add_measurement(widths, measured.speedup)
+            trace.append({"phase": phase, "aim": aim, "measured_speedup": measured.speedup,
+                          "predicted_speedup": t_base / predicted_ms, "predicted_ms": predicted_ms,
+                          "measured_ms": t_base / measured.speedup})
+            return measured.speedup
+
+        def aim_for(coefficients, wanted: float) -> tuple[float, dict[str, int]]:
+            """The DP aim whose plan the latency model predicts closest to `wanted` (bisection)."""
+            low, high = 1.0001, 50.0
+            best = None
+            for _ in range(18):
+                aim = (low * high) ** 0.5
+                result = solve(coefficients, aim)
+                widths = widths_for(result.levels)
+                predicted = t_base / model.predict_ms(widths)
+                if best is None or abs(predicted - wanted) < abs(best[2] - wanted):
+                    best = (aim, widths, predicted)
+                if predicted < wanted and result.feasible:
+                    low = aim
+                else:
+                    high = aim
+            return best[0], best[1]
+
+        def calibrate(coefficients, phase: str):
+            """Plan, measure, refit the latency model, re-plan, until the measured speedup lands in
+            [goal, ceiling]. Returns the least-overshooting plan that met the goal (or None)."""
+            best = None  # (speedup, aim, widths)
+            wanted = (goal + ceiling) / 2
+            seen: set[tuple] = set()
+            progress = progress_bar(CALIBRATION_STEPS, f"spdy {phase}", unit="candidate")
+            for _ in range(CALIBRATION_STEPS):
+                aim, widths = aim_for(coefficients, wanted)
+                key = tuple(sorted(widths.items()))
+                if key in seen:  # the model keeps proposing a measured plan: push the request instead
+                    wanted *= 1.03 if best is None else 0.98
+                    continue
+                seen.add(key)
+                speedup = measure(widths, aim, phase)
+                progress.update(1)
+                progress.set_postfix(aim=f"{aim:.2f}", measured=f"{speedup:.2f}x")
+                if speedup >= goal and (best is None or speedup < best[0]):
+                    best = (speedup, aim, widths)
+                if best is not None and best[0] <= ceiling:
+                    break
+            progress.close()
+            return best
+
+        c0 = np.full(len(groups), 0.5)
+        best = calibrate(c0, "calibrate")
+        if best is None:
+            top = max(t["measured_speedup"] for t in trace)
+            raise TargetUnreachable(f"target {problem.target:g}x is out of reach: the best plan measured {top:.2f}x",
+                                    best_speedup=top)
+        aim = best[1]
+
+        # Coefficient search at the calibrated aim; scores are cached by the DP's level choice.
+        scores: dict[tuple, float] = {}
+
+        def score(coefficients: np.ndarray) -> float:
+            choice = solve(coefficients, aim).levels
+            if choice not in scores:
+                scores[choice] = problem.calibration_loss(problem.plan_from_widths(widths_for(choice)))
+            return scores[choice]
+
+        evaluations = problem.spdy_evaluations
+        progress = progress_bar(evaluations, "spdy coefficient search", unit="eval")
+        rng = np.random.default_rng(problem.seed)
+        search = coefficient_search(len(groups), score, rng, initial_draws=min(100, max(1, evaluations // 2)),
+                                    max_evaluations=evaluations,
+                                    on_step=lambda n, s: (progress.update(1), progress.set_postfix(loss=f"{s:.4f}")))
+        progress.close()
+        final = calibrate(search.coefficients, "verify")
+        if final is None:  # the searched shape would not meet the target at any aim tried: keep the first
+            final = best
+        speedup, aim, widths = final
+        predicted_ms = model.predict_ms_excluding(widths)
+        return AllocationResult(
+            problem.plan_from_widths(widths), speedup, predicted_speedup=t_base / predicted_ms,
+            details={"aim": aim, "budget_ms": prunable_budget(t_base, t_prunable, aim),
+                     "latency_fit": {"offset_ms": model.offset, "scale": model.scale, "points": len(model.points)},
+                     "t_base_ms": t_base, "t_prunable_ms": t_prunable, "levels": {k: v for k, v in levels.items()},
+                     "coefficients": search.coefficients.round(4).tolist(), "search_loss": search.score,
+                     "search_evaluations": search.evaluations, "distinct_plans_scored": len(scores),
+                     "trace": trace, "predicted_latency_ms": predicted_ms})

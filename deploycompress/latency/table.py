@@ -1,0 +1,277 @@
+"""Latency lookup table: the time of every conv/linear operator *inside the model*, on ONNX Runtime, at
+each candidate width.
+
+How it is measured: the model is built at a ladder of uniform keep ratios (dense, 0.9, ... 0.1 of every
+group, on the channel multiples the runtime rewards), each variant is exported and run under ORT's
+profiler, and every Conv/Gemm/MatMul kernel's time is recorded under its operator signature, read from
+the shapes the profiler reports (batch, input and output widths, spatial size, kernel, groups).
+Operators are timed in context on purpose: an operator timed alone pays for layout changes (ORT's
+NCHWc reorders) and run overhead that a chain of fused convs inside a model does not, and the error is
+not a constant (measured here: a 32->32 3x3 conv at 16x16 took 90 us alone, 51 us inside the model).
+
+Any operator's time at any widths is then interpolated along its own measured ladder in the
+coordinate its cost scales with (input width x output width, or width for depthwise).
+
+Results are cached on disk keyed by operator signature and by what latency depends on besides the
+model: ORT version, CPU model and instruction set, threads, batch size. A second run of the same model
+finds every signature it needs and builds nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..fileio import write_json
+from ..graph import GroupGraph
+from . import runtime
+
+PROFILE_MIN_RUNS = 30
+PROFILE_TARGET_MS = 300.0
+
+
+@dataclass(frozen=True)
+class OpSignature:
+    """What one conv/linear's latency depends on inside a model (besides the runtime fingerprint)."""
+
+    kind: str  # "conv" or "linear"
+    batch: int
+    cin: int
+    cout: int
+    spatial_in: tuple[int, ...]  # conv: input spatial dims; linear: the dims between batch and features
+    spatial_out: tuple[int, ...]
+    kernel: tuple[int, ...] = ()
+    groups: int = 1
+
+    def key(self) -> str:
+        return json.dumps([self.kind, self.batch, self.cin, self.cout, list(self.spatial_in), list(self.spatial_out),
+                           list(self.kernel), self.groups])
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.cin == self.cout
+
+    def with_widths(self, cin: int, cout: int) -> "OpSignature":
+        groups = cin if self.depthwise else self.groups
+        return OpSignature(self.kind, self.batch, cin, cout, self.spatial_in, self.spatial_out, self.kernel, groups)
+
+    def cost_coordinate(self) -> float:
+        """What the kernel's time grows with: width for depthwise, input x output width otherwise."""
+        return float(self.cin if self.depthwise else self.cin * self.cout)
+
+
+def signatures_from_profile(events: list[dict], batch: int) -> dict[str, list[float]]:
+    """Kernel times (ms) per operator signature from ORT profiler events."""
+    times: dict[str, list[float]] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        args = event.get("args", {})
+        op = args.get("op_name")
+        try:
+            inputs = [next(iter(s.values())) for s in args["input_type_shape"]]
+            output = next(iter(args["output_type_shape"][0].values()))
+        except (KeyError, IndexError, StopIteration, AttributeError):
+            continue
+        sig = None
+        if op in ("Conv", "FusedConv") and len(inputs) >= 2 and len(inputs[1]) >= 3:
+            x, w = inputs[0], inputs[1]
+            groups = max(1, x[1] // max(w[1], 1))
+            sig = OpSignature("conv", batch, x[1], w[0], tuple(x[2:]), tuple(output[2:]), tuple(w[2:]), groups)
+        elif op in ("Gemm", "MatMul", "FusedMatMul") and len(inputs) >= 2:
+            x = inputs[0]
+            sig = OpSignature("linear", batch, x[-1], output[-1], tuple(x[1:-1]), tuple(output[1:-1]))
+        if sig is not None:
+            times.setdefault(sig.key(), []).append(event["dur"] / 1000.0)
+    return times
+
+
+def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device: str = "cpu") -> dict[str, float]:
+    """Run a model under ORT's profiler; mean kernel time per operator signature (ms)."""
+    with tempfile.TemporaryDirectory(prefix="dc-profile-") as tmp:
+        session = runtime.make_session(model_bytes, threads, device, profile_dir=tmp)
+        feed = runtime.random_feed(session, batch)
+        for _ in range(5):
+            session.run(None, feed)
+        per_run = max(runtime._time_runs(session, feed, 3), 1e-3)
+        runs = max(PROFILE_MIN_RUNS, min(1000, int(PROFILE_TARGET_MS / per_run)))
+        for _ in range(runs):
+            session.run(None, feed)
+        path = session.end_profiling()
+        with open(path) as handle:
+            events = json.load(handle)
+        os.unlink(path)
+    warm = events[len(events) // 10:]  # drop the first runs' events: cold caches
+    samples = signatures_from_profile(warm, batch)
+    # Several operators can share a signature (two identical convs); each run then contributes several
+    # samples. A trimmed mean keeps sub-microsecond resolution that a median of integer us would lose.
+    return {key: _trimmed_mean(values) for key, values in samples.items()}
+
+
+def _trimmed_mean(values: list[float], cut: float = 0.1) -> float:
+    ordered = sorted(values)
+    k = int(len(ordered) * cut)
+    kept = ordered[k:len(ordered) - k] or ordered
+    return statistics.fmean(kept)
+
+
+@dataclass
+class Operator:
+    """One conv/linear of the model and the groups that set its input and output widths."""
+
+    name: str
+    signature: OpSignature  # dense
+    in_groups: list[str]
+    out_groups: list[str]
+
+
+def _signature(module: nn.Module, inp: torch.Tensor, out: torch.Tensor, batch: int) -> OpSignature | None:
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return OpSignature("conv", batch, module.in_channels, module.out_channels, tuple(inp.shape[2:]),
+                           tuple(out.shape[2:]), tuple(module.kernel_size), module.groups)
+    if isinstance(module, nn.Linear):
+        return OpSignature("linear", batch, module.in_features, module.out_features, tuple(inp.shape[1:-1]),
+                           tuple(out.shape[1:-1]))
+    return None
+
+
+def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
+    """Every conv/linear with its real input shape (one forward pass) and the groups that size it."""
+    model, shapes = graph.model, {}
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(module, inputs, output):
+        if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+            shapes.setdefault(module, (inputs[0], output))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(graph.example_input)
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    in_groups: dict[nn.Module, set[str]] = {}
+    out_groups: dict[nn.Module, set[str]] = {}
+    for group in graph.groups:
+        for dep, _ in group.tp_group:
+            module = dep.target.module
+            if graph.dg.is_out_channel_pruning_fn(dep.handler):
+                out_groups.setdefault(module, set()).add(group.name)
+                if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups > 1 and module.groups == module.in_channels:
+                    in_groups.setdefault(module, set()).add(group.name)  # depthwise: input follows output
+            elif graph.dg.is_in_channel_pruning_fn(dep.handler):
+                in_groups.setdefault(module, set()).add(group.name)
+    operators = []
+    for module, (inp, out) in shapes.items():
+        sig = _signature(module, inp, out, batch)
+        if sig is not None:
+            operators.append(Operator(names[module], sig, sorted(in_groups.get(module, ())),
+                                      sorted(out_groups.get(module, ()))))
+    return operators
+
+
+def operator_widths(op: Operator, removed: dict[str, int]) -> tuple[int, int]:
+    """An operator's input/output widths once each group has lost `removed[group]` channels."""
+    cin = op.signature.cin - sum(removed.get(g, 0) for g in op.in_groups)
+    cout = op.signature.cout - sum(removed.get(g, 0) for g in op.out_groups)
+    return max(cin, 1), max(cout, 1)
+
+
+def widths_signature(op: Operator, removed: dict[str, int]) -> OpSignature:
+    return op.signature.with_widths(*operator_widths(op, removed))
+
+
+class LatencyTable:
+    """In-context operator latencies, memoised in memory and on disk."""
+
+    def __init__(self, fingerprint: dict, cache_path: Path | None):
+        self.fingerprint = fingerprint
+        self.cache_path = cache_path
+        self.entries: dict[str, float] = {}
+        self.variants_profiled = 0  # model variants this process had to build (0 on a cached rebuild)
+        if cache_path is not None and cache_path.is_file():
+            try:
+                saved = json.loads(cache_path.read_text())
+                if saved.get("fingerprint") == fingerprint:
+                    self.entries = {k: float(v) for k, v in saved["entries"].items()}
+            except (OSError, ValueError, KeyError, TypeError):
+                self.entries = {}  # a damaged cache is rebuilt, never trusted
+
+    @staticmethod
+    def cache_file(cache_root: Path, fingerprint: dict) -> Path:
+        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+        return cache_root / "latency" / f"ops-{digest}.json"
+
+    def missing(self, signatures: list[OpSignature]) -> list[OpSignature]:
+        return [s for s in signatures if s.key() not in self.entries]
+
+    def record(self, times: dict[str, float]) -> None:
+        self.entries.update(times)
+
+    def save(self) -> None:
+        if self.cache_path is not None:
+            write_json(self.cache_path, {"fingerprint": self.fingerprint, "entries": self.entries})
+
+    def get(self, sig: OpSignature) -> float | None:
+        return self.entries.get(sig.key())
+
+
+class OperatorCurve:
+    """One operator's measured ladder, interpolated in its cost coordinate."""
+
+    def __init__(self, points: list[tuple[float, float]]):
+        points = sorted(set(points))
+        self.x = np.array([p[0] for p in points])
+        self.y = np.array([p[1] for p in points])
+
+    def __call__(self, coordinate: float) -> float:
+        if len(self.x) == 1:
+            return float(self.y[0] * coordinate / self.x[0])
+        if coordinate <= self.x[0]:  # extrapolate along the first segment, never below zero
+            slope = (self.y[1] - self.y[0]) / (self.x[1] - self.x[0])
+            return float(max(self.y[0] + slope * (coordinate - self.x[0]), 0.0))
+        if coordinate >= self.x[-1]:
+            slope = (self.y[-1] - self.y[-2]) / (self.x[-1] - self.x[-2])
+            return float(self.y[-1] + slope * (coordinate - self.x[-1]))
+        return float(np.interp(coordinate, self.x, self.y))
+
+
+def build_table(operators: list[Operator], ladder: list[dict[str, int]], group_channels: dict[str, int],
+                table: LatencyTable, build_variant: Callable[[dict[str, int]], bytes],
+                progress: Callable[[int], None] | None = None) -> dict[str, OperatorCurve]:
+    """Profile every ladder variant whose operator signatures are not cached; return a curve per operator."""
+    fp = table.fingerprint
+    for widths in ladder:
+        removed = {g: group_channels[g] - w for g, w in widths.items()}
+        needed = [widths_signature(op, removed) for op in operators]
+        if table.missing(needed):
+            table.record(profile_operator_times(build_variant(widths), fp["threads"], fp["batch_size"], fp["device"]))
+            table.variants_profiled += 1
+        if progress is not None:
+            progress(1)
+    table.save()
+    curves = {}
+    for op in operators:
+        points = []
+        for widths in ladder:
+            sig = widths_signature(op, {g: group_channels[g] - w for g, w in widths.items()})
+            value = table.get(sig)
+            if value is not None:
+                points.append((sig.cost_coordinate(), value))
+        if points:
+            curves[op.name] = OperatorCurve(points)
+    return curves

@@ -1,0 +1,42 @@
+"""Shared fixtures. One intra-op thread everywhere (see MEASURING.md); runs write to tmp dirs."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_executable() -> str:
+    """The installed `deploycompress` next to this interpreter (the venv's console script)."""
+    candidate = Path(sys.executable).with_name("deploycompress")
+    return str(candidate) if candidate.exists() else shutil.which("deploycompress") or "deploycompress"
+
+
+@pytest.fixture(scope="session")
+def cli() -> str:
+    return cli_executable()
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """One small end-to-end run of the built-in default (SPDY, short finetune), shared by the tests."""
+    from deploycompress.pipeline import run_pipeline
+    from deploycompress.recipe import build_config
+
+    out = tmp_path_factory.mktemp("default_run")
+    config = build_config(None, {
+        "target_speedup": "2x", "out": str(out), "seed": 0,
+        "prune": {"search_rounds": 8, "spdy_evaluations": 12},
+        "finetune": {"epochs": 1},
+        "profile": {"rounds": 15, "warmup": 5},
+    })
+    report = run_pipeline(config)
+    return out, report

@@ -1,0 +1,68 @@
+"""Policies against a deterministic stand-in for the latency meter (real timing lives in benchmarks/)."""
+import pytest
+import torch
+
+from deploycompress.allocation import AllocationProblem, policies
+from deploycompress.allocation.base import Measurement
+from deploycompress.errors import TargetUnreachable
+from deploycompress.graph import GroupGraph
+from deploycompress.models import create_model
+
+
+class FakeMeter:
+    """Latency proportional to the sum of squared widths: a conv-bound model without noise."""
+
+    def __init__(self, graph):
+        self.dense = {g.name: g.channels for g in graph.groups}
+        self.dense_cost = sum(c * c for c in self.dense.values())
+        self.history = []
+
+    def measure(self, plan):
+        widths = {name: len(kept) for name, kept in plan.items()}
+        speedup = self.dense_cost / sum(w * w for w in widths.values())
+        self.history.append(Measurement(widths, speedup, 1.0 / speedup, 0.0))
+        return self.history[-1]
+
+
+def _problem(target, overshoot=0.10):
+    model = create_model("vgg_digits").eval()
+    graph = GroupGraph(model, torch.zeros(1, 1, 16, 16))
+    torch.manual_seed(0)
+    scores = {g.name: torch.rand(g.channels) for g in graph.groups}
+    return AllocationProblem(graph, scores, target, overshoot, 8, FakeMeter(graph), lambda plan: 0.0, seed=0)
+
+
+@pytest.mark.parametrize("policy", ["uniform", "global"])
+@pytest.mark.parametrize("target", [1.5, 2.0, 3.0])
+def test_searched_policies_meet_target(policy, target):
+    problem = _problem(target)
+    result = policies.get(policy)().allocate(problem)
+    assert result.measured_speedup >= target
+    assert result.measured_speedup == problem.meter.measure(result.plan).speedup
+    for g in problem.graph.groups:  # kept channels are the highest-scoring ones, on multiples of 8
+        kept = result.plan[g.name]
+        assert len(kept) % 8 == 0 or len(kept) == g.channels
+        dropped = set(range(g.channels)) - set(kept)
+        if dropped:
+            assert min(problem.scores[g.name][kept]) >= max(problem.scores[g.name][sorted(dropped)])
+
+
+def test_uniform_does_not_overshoot_when_a_width_fits():
+    problem = _problem(2.0, overshoot=0.10)
+    result = policies.get("uniform")().allocate(problem)
+    assert result.measured_speedup <= 2.0 * 1.25  # the grid of multiples of 8 limits how close it can get
+
+
+def test_unreachable_target_reports_best_speedup():
+    problem = _problem(10_000.0)
+    with pytest.raises(TargetUnreachable) as info:
+        policies.get("uniform")().allocate(problem)
+    assert info.value.best_speedup is not None and info.value.best_speedup < 10_000
+    assert "out of reach" in str(info.value)
+
+
+def test_unknown_policy_is_a_user_error():
+    from deploycompress.errors import UserError
+
+    with pytest.raises(UserError, match="unknown allocation policy"):
+        policies.get("spyd")

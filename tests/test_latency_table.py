@@ -1,0 +1,102 @@
+"""The latency table: signatures read from ORT's profiler, the cache key, interpolation, level grid."""
+import json
+
+import numpy as np
+import pytest
+
+from deploycompress.allocation.latency_model import fit_affine
+from deploycompress.allocation.spdy import level_widths
+from deploycompress.latency import runtime
+from deploycompress.latency.table import (LatencyTable, Operator, OperatorCurve, OpSignature,
+                                          signatures_from_profile, widths_signature)
+
+
+def _event(op, inputs, output, dur):
+    return {"cat": "Node", "name": f"n_{op}_kernel_time", "dur": dur,
+            "args": {"op_name": op, "input_type_shape": [{"float": s} for s in inputs],
+                     "output_type_shape": [{"float": output}]}}
+
+
+def test_profile_events_become_signatures():
+    events = [
+        _event("Conv", [[1, 32, 16, 16], [64, 32, 3, 3], [64]], [1, 64, 8, 8], 50),
+        _event("Conv", [[1, 32, 16, 16], [64, 32, 3, 3], [64]], [1, 64, 8, 8], 70),
+        _event("Conv", [[1, 48, 8, 8], [48, 1, 3, 3], [48]], [1, 48, 8, 8], 9),  # depthwise
+        _event("Gemm", [[1, 128], [10, 128], [10]], [1, 10], 4),
+        _event("Relu", [[1, 64, 8, 8]], [1, 64, 8, 8], 3),  # not a weighted op: ignored
+        {"cat": "Session", "name": "model_run", "dur": 999},
+    ]
+    times = signatures_from_profile(events, batch=1)
+    conv = OpSignature("conv", 1, 32, 64, (16, 16), (8, 8), (3, 3), 1)
+    dw = OpSignature("conv", 1, 48, 48, (8, 8), (8, 8), (3, 3), 48)
+    fc = OpSignature("linear", 1, 128, 10, (), ())
+    assert times[conv.key()] == [0.05, 0.07]
+    assert times[dw.key()] == [0.009] and dw.depthwise
+    assert times[fc.key()] == [0.004]
+    assert len(times) == 3
+
+
+def test_operator_widths_follow_groups():
+    op = Operator("layers.0.conv2", OpSignature("conv", 1, 32, 64, (16, 16), (16, 16), (3, 3), 1), ["a"], ["b"])
+    assert widths_signature(op, {"a": 8, "b": 16}).cin == 24
+    assert widths_signature(op, {"a": 8, "b": 16}).cout == 48
+    dw = Operator("dw", OpSignature("conv", 1, 48, 48, (8, 8), (8, 8), (3, 3), 48), ["g"], ["g"])
+    shrunk = widths_signature(dw, {"g": 16})
+    assert (shrunk.cin, shrunk.cout, shrunk.groups) == (32, 32, 32)
+    assert shrunk.cost_coordinate() == 32  # depthwise cost grows with width, not width squared
+
+
+def test_cache_key_covers_runtime_and_shape():
+    base = runtime.runtime_fingerprint(threads=1, batch_size=1)
+    assert {"ort", "cpu", "isa", "threads", "batch_size", "device"} <= base.keys()
+    root = __import__("pathlib").Path("/tmp/x")
+    same = LatencyTable.cache_file(root, dict(base))
+    assert LatencyTable.cache_file(root, base) == same
+    for change in ({"threads": 2}, {"batch_size": 8}, {"ort": "0.0"}, {"isa": "sse2"}, {"device": "cuda"}):
+        assert LatencyTable.cache_file(root, {**base, **change}) != same, change
+    a = OpSignature("conv", 1, 32, 64, (16, 16), (8, 8), (3, 3), 1)
+    assert a.key() != OpSignature("conv", 8, 32, 64, (16, 16), (8, 8), (3, 3), 1).key()
+    assert a.key() != OpSignature("conv", 1, 32, 64, (32, 32), (16, 16), (3, 3), 1).key()
+
+
+def test_table_persists_and_rejects_other_fingerprints(tmp_path):
+    fp = runtime.runtime_fingerprint(1, 1)
+    path = tmp_path / "ops.json"
+    table = LatencyTable(fp, path)
+    sig = OpSignature("linear", 1, 8, 4, (), ())
+    assert table.missing([sig]) == [sig]
+    table.record({sig.key(): 0.25})
+    table.save()
+    again = LatencyTable(fp, path)
+    assert again.get(sig) == 0.25 and again.missing([sig]) == []
+    assert LatencyTable({**fp, "threads": 2}, path).get(sig) is None
+    path.write_text("{not json")
+    assert LatencyTable(fp, path).entries == {}  # a damaged cache is rebuilt, never trusted
+
+
+def test_curve_interpolates_and_extrapolates():
+    curve = OperatorCurve([(100.0, 1.0), (400.0, 2.5), (900.0, 5.0)])
+    assert curve(100.0) == pytest.approx(1.0)
+    assert curve(250.0) == pytest.approx(1.75)
+    assert curve(1000.0) == pytest.approx(5.0 + 2.5 / 500 * 100)
+    assert curve(1.0) >= 0.0
+    assert OperatorCurve([(10.0, 2.0)])(5.0) == pytest.approx(1.0)
+
+
+def test_affine_fit_recovers_line():
+    points = [(x, 0.3 + 0.8 * x) for x in (1.0, 2.0, 3.5)]
+    offset, scale = fit_affine(points)
+    assert offset == pytest.approx(0.3) and scale == pytest.approx(0.8)
+    assert fit_affine([(2.0, 3.0)]) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("channels,multiple,expected", [
+    (32, 8, [32, 24, 16, 8]), (36, 8, [36, 32, 24, 16, 8]), (8, 8, [8, 6, 4, 2]), (3, 8, [3, 2, 1])])
+def test_level_widths(channels, multiple, expected):
+    assert level_widths(channels, multiple) == expected
+
+
+def test_level_widths_are_capped():
+    widths = level_widths(512, 8)
+    assert len(widths) <= 16 and widths[0] == 512 and widths[-1] == 8
+    assert widths == sorted(widths, reverse=True) and all(w % 8 == 0 for w in widths)
