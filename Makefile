@@ -27,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 bench: install
-	$(BIN)/python benchmarks/allocation.py
+	cd benchmarks && ../$(BIN)/python latency_table.py && ../$(BIN)/python targets.py && ../$(BIN)/python allocation.py
 
 release: install
 	$(BIN)/deploycompress run pipelines/resnet_digits.toml --out runs/release

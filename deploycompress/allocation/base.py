@@ -5,13 +5,17 @@ deployment runtime meets the target; `SpeedupMeter` is how they measure.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import TargetUnreachable
+from ..fileio import write_json
 from ..graph import GroupGraph, Plan, apply_plan, round_channels
 from ..importance import keep_top
 from ..latency import runtime
@@ -28,38 +32,78 @@ class Measurement:
     spread: float
 
 
+def model_digest(model: nn.Module, example_input: torch.Tensor) -> str:
+    """Identifies a dense model (architecture, weights, input shape) for caching its measurements."""
+    digest = hashlib.sha256(str(model).encode())
+    digest.update(str(tuple(example_input.shape)).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
 class SpeedupMeter:
     """Measures candidate plans against the dense model on ONNX Runtime, interleaved.
 
     The dense session stays open and warm; every candidate is shrunk, exported, loaded and timed
-    side by side with it. Results are cached by the widths, which is all that latency depends on.
+    side by side with it. Results are cached by the widths, which is all that latency depends on, in
+    memory and (with `cache_path`) on disk: a re-run of the same model with the same seed then reads
+    the same measurements and makes the same decisions, so allocation is reproducible and a run
+    resumed after a kill picks up where it was.
     """
 
     def __init__(self, dense: nn.Module, example_input: torch.Tensor, threads: int, batch_size: int,
-                 rounds: int, device: str = "cpu"):
+                 rounds: int, device: str = "cpu", cache_path: Path | None = None):
         self.dense = dense
         self.example_input = example_input
         self.threads, self.rounds, self.device, self.batch_size = threads, rounds, device, batch_size
+        self.cache_path = cache_path
+        self.fingerprint = {**runtime.runtime_fingerprint(threads, batch_size, device), "rounds": rounds}
+        self.history: list[Measurement] = []
+        self._cache: dict[str, Measurement] = {}
+        self.dense_ms = self._load_cache()
         self.dense_session = runtime.make_session(export_bytes(dense, example_input), threads, device)
         self.feed = runtime.random_feed(self.dense_session, batch_size)
-        self.dense_ms = runtime.measure(self.dense_session, self.feed, rounds=rounds).median_ms
-        self.history: list[Measurement] = []
-        self._cache: dict[tuple, Measurement] = {}
+        if self.dense_ms is None:
+            self.dense_ms = runtime.measure(self.dense_session, self.feed, rounds=rounds).median_ms
+            self._save_cache()
+
+    def _load_cache(self) -> float | None:
+        if self.cache_path is None or not self.cache_path.is_file():
+            return None
+        try:
+            saved = json.loads(self.cache_path.read_text())
+            if saved.get("fingerprint") != self.fingerprint:
+                return None
+            self._cache = {k: Measurement(**v) for k, v in saved["measurements"].items()}
+            return float(saved["dense_ms"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self._cache = {}
+            return None  # a damaged cache is measured again, never trusted
+
+    def _save_cache(self) -> None:
+        if self.cache_path is not None:
+            write_json(self.cache_path, {"fingerprint": self.fingerprint, "dense_ms": self.dense_ms,
+                                         "measurements": {k: asdict(m) for k, m in self._cache.items()}})
 
     def build(self, plan: Plan) -> nn.Module:
         return apply_plan(copy.deepcopy(self.dense), self.example_input, plan)
 
     def measure(self, plan: Plan) -> Measurement:
         widths = {name: len(kept) for name, kept in plan.items()}
-        key = tuple(sorted(widths.items()))
+        key = json.dumps(sorted(widths.items()))
         if key not in self._cache:
             session = runtime.make_session(export_bytes(self.build(plan), self.example_input), self.threads,
                                            self.device)
             result = runtime.compare(self.dense_session, session, self.feed, rounds=self.rounds, warmup=5)
-            self.dense_ms = result.a.median_ms
-            self._cache[key] = Measurement(widths, result.speedup, result.b.median_ms, result.ratio_spread)
-            self.history.append(self._cache[key])
-        return self._cache[key]
+            # Stored relative to the reference dense latency: absolute times drift, the ratio holds.
+            self._cache[key] = Measurement(widths, result.speedup, self.dense_ms / result.speedup,
+                                           result.ratio_spread)
+            self._save_cache()
+        measurement = self._cache[key]
+        if measurement not in self.history:
+            self.history.append(measurement)
+        return measurement
 
 
 @dataclass

@@ -9,7 +9,7 @@ from ..models.loading import cache_dir
 from ..onnx_export import export_bytes
 from ..progress import bar as progress_bar
 
-LADDER = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+LADDER = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 
 
 class LatencyModel:

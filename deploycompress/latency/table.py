@@ -1,7 +1,7 @@
 """Latency lookup table: the time of every conv/linear operator *inside the model*, on ONNX Runtime, at
 each candidate width.
 
-How it is measured: the model is built at a ladder of uniform keep ratios (dense, 0.9, ... 0.1 of every
+How it is measured: the model is built at a ladder of uniform keep ratios (dense, 7/8, ... 1/8 of every
 group, on the channel multiples the runtime rewards), each variant is exported and run under ORT's
 profiler, and every Conv/Gemm/MatMul kernel's time is recorded under its operator signature, read from
 the shapes the profiler reports (batch, input and output widths, spatial size, kernel, groups).
@@ -35,8 +35,8 @@ from ..fileio import write_json
 from ..graph import GroupGraph
 from . import runtime
 
-PROFILE_MIN_RUNS = 30
-PROFILE_TARGET_MS = 300.0
+PROFILE_MIN_RUNS = 20
+PROFILE_TARGET_MS = 250.0
 
 
 @dataclass(frozen=True)
@@ -261,9 +261,9 @@ def build_table(operators: list[Operator], ladder: list[dict[str, int]], group_c
         if table.missing(needed):
             table.record(profile_operator_times(build_variant(widths), fp["threads"], fp["batch_size"], fp["device"]))
             table.variants_profiled += 1
+            table.save()  # after every variant, so a killed run keeps what it measured
         if progress is not None:
             progress(1)
-    table.save()
     curves = {}
     for op in operators:
         points = []

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ..allocation import AllocationProblem, SpeedupMeter, policies
+from ..allocation.base import model_digest
+from ..models.loading import cache_dir
 from ..context import RunContext
 from ..fileio import write_json
 from ..allocation.latency_model import build_latency_model
@@ -89,8 +91,10 @@ class PruneStage(Stage):
         scores = score_groups(cfg.prune.importance, scoring)
         print(f"prune: {len(graph.groups)} channel groups, importance {cfg.prune.importance}, "
               f"policy {cfg.prune.policy}; measuring candidates on ONNX Runtime ({cfg.profile.threads} thread(s))")
+        cache = cache_dir() / "measurements" / f"{model_digest(ctx.dense, ctx.example_input)}.json"
         meter = SpeedupMeter(ctx.dense, ctx.example_input, cfg.profile.threads, cfg.profile.batch_size,
-                             cfg.prune.search_rounds, cfg.device)
+                             cfg.prune.search_rounds, cfg.device,
+                             cache_path=cache if cfg.prune.reuse_measurements else None)
         problem = AllocationProblem(graph, scores, cfg.target_speedup, cfg.prune.max_overshoot,
                                     cfg.prune.channel_multiple, meter, calibration_loss_fn(ctx, graph), cfg.seed,
                                     spdy_evaluations=cfg.prune.spdy_evaluations)

@@ -1,0 +1,63 @@
+"""Does the SPDY allocation meet measured targets, and how good is its latency prediction?
+
+For every built-in zoo model and targets 1.5x, 2x, 3x: run prune -> shrink -> export -> profile (no
+finetune: latency does not depend on it) and record the measured speedup (the profile stage's own
+interleaved measurement, separate from the search), whether it met the target, how far it overshot,
+and the whole-model latency predicted by the latency model (fitted without the chosen plan's own
+measurement) against the measured one.
+
+    python benchmarks/targets.py [--models a,b] [--targets 1.5,2,3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+
+from common import run_quietly, write_results
+
+from deploycompress.models import list_models
+from deploycompress.recipe import build_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(list_models()))
+    parser.add_argument("--targets", default="1.5,2,3")
+    parser.add_argument("--policy", default="spdy")
+    args = parser.parse_args()
+    rows, records = [], []
+    for model in args.models.split(","):
+        for target in [float(t) for t in args.targets.split(",")]:
+            with tempfile.TemporaryDirectory() as out:
+                config = build_config(None, {"model": model, "target_speedup": target, "out": out,
+                                             "prune": {"policy": args.policy}, "finetune": {"epochs": 0}})
+                report, seconds = run_quietly(config)
+            measured, predicted = report["speedup"]["measured"], report["speedup"]["predicted"]
+            lat_measured, lat_predicted = report["latency_ms"]["compressed"], report["latency_ms"]["predicted"]
+            error = abs(lat_predicted - lat_measured) / lat_measured * 100
+            record = {"model": model, "target": target, "measured_speedup": measured, "ci95": report["speedup"]["ci95"],
+                      "predicted_speedup": predicted, "met": measured >= target,
+                      "overshoot_pct": (measured / target - 1) * 100, "latency_measured_ms": lat_measured,
+                      "latency_predicted_ms": lat_predicted, "prediction_error_pct": error,
+                      "macs_ratio": report["speedup"]["macs_ratio"], "seconds": seconds,
+                      "candidates": len(report["search"]["candidates"])}
+            records.append(record)
+            rows.append([model, f"{target:g}x", measured, "yes" if record["met"] else "NO", record["overshoot_pct"],
+                         predicted, lat_measured, lat_predicted, error, record["macs_ratio"], seconds])
+            print(rows[-1], flush=True)
+    median_error = statistics.median(r["prediction_error_pct"] for r in records)
+    met = sum(r["met"] for r in records)
+    within = sum(r["met"] and r["overshoot_pct"] <= 10.0 for r in records)
+    notes = [f"Policy {args.policy}; ONNX Runtime CPU, 1 intra-op thread, batch 1; no finetune.",
+             f"Targets met (measured >= target): {met}/{len(records)}; met without overshooting more than 10%: "
+             f"{within}/{len(records)}.",
+             f"Median whole-model latency prediction error: {median_error:.1f}%."]
+    write_results(f"targets_{args.policy}", {"records": records, "median_prediction_error_pct": median_error,
+                                            "met": met, "within_10pct": within},
+                  ["model", "target", "measured", "met", "overshoot %", "predicted", "measured ms", "predicted ms",
+                   "pred. error %", "MACs ratio", "seconds"], rows, notes)
+
+
+if __name__ == "__main__":
+    main()
