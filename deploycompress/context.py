@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +60,19 @@ def _load_data(config: RunConfig, entry: zoo.ZooModel | None) -> data_mod.DataBu
         return data_mod.BUILTIN_DATASETS[source](seed=0)
     if source.endswith(".npz"):
         return data_mod.load_npz(source, seed=config.seed)
+    if ":" in source:
+        return data_mod.load_factory_data(source, seed=config.seed)
     raise UserError(f"--data {source!r}: expected a built-in dataset ({', '.join(data_mod.BUILTIN_DATASETS)}), "
-                    "an .npz file or 'none'")
+                    "an .npz file, file.py:factory or 'none'")
+
+
+def _check_ignore(pattern: str | None) -> None:
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise UserError(f"--ignore {pattern!r} is not a valid regular expression: {exc}") from None
 
 
 def _trained_zoo_model(entry: zoo.ZooModel, data: data_mod.DataBundle, seed: int) -> nn.Module:
@@ -84,10 +96,14 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     entry = loading.zoo_entry(config.model)
     if entry is None and loading.is_zoo_name(config.model):
         zoo.model_registry.get(config.model)  # raises the "unknown model, did you mean" error
+    _check_ignore(config.ignore)
     data = _load_data(config, entry)
     shape = config.input_shape or (data.input_shape if data is not None else None) or (entry.input_shape if entry else None)
     if shape is None:
         raise UserError("--input-shape is required when neither the data nor a zoo model says it (e.g. 1,3,224,224)")
+    if data is not None and tuple(shape[1:]) != tuple(data.input_shape[1:]):
+        raise UserError(f"--input-shape {','.join(map(str, shape))} does not match the data's samples "
+                        f"{tuple(data.input_shape[1:])}")
     if data is None:
         data = data_mod.random_data(tuple(shape), count=max(256, config.prune.calibration_samples), seed=config.seed)
     num_classes = data.num_classes

@@ -1,10 +1,13 @@
-"""Data: the built-in digits set, a user's npz, or nothing (random calibration inputs).
+"""Data: the built-in digits set, a user's npz, a user's dataset factory, or nothing (data-free:
+random calibration inputs, distillation from the dense model, no fine-tuning unless asked).
 
 The built-in set is scikit-learn's handwritten digits (1,797 8x8 images that ship inside the
 installed package, so nothing is downloaded), upsampled to 16x16 so that convolutions have room.
 """
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +77,40 @@ def random_data(input_shape: tuple[int, ...], count: int = 256, seed: int = 0) -
 BUILTIN_DATASETS = {"digits": load_digits}
 
 
-def _check_array(name: str, array: np.ndarray, path: Path) -> None:
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise UserError(f"{path}: array {name!r} holds NaN or Inf values")
+def _check_split(source: str, name: str, x: np.ndarray, y: np.ndarray | None) -> None:
+    if len(x) == 0:
+        raise UserError(f"{source}: the {name} split is empty")
+    if x.dtype.kind not in "fiub":
+        raise UserError(f"{source}: x_{name} must hold numbers, not {x.dtype}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise UserError(f"{source}: x_{name} holds NaN or Inf values")
+    if y is None:
+        return
+    if len(x) != len(y):
+        raise UserError(f"{source}: x_{name} has {len(x)} rows but y_{name} has {len(y)}")
+    if y.dtype.kind not in "iu":
+        raise UserError(f"{source}: y_{name} must hold integer class labels, not {y.dtype}")
+    if y.ndim != 1:
+        raise UserError(f"{source}: y_{name} must be one class label per sample, got shape {y.shape}")
+    if len(y) and y.min() < 0:
+        raise UserError(f"{source}: y_{name} holds negative labels")
+
+
+def _bundle(name: str, source: str, x_tr: np.ndarray, y_tr: np.ndarray | None, x_te: np.ndarray,
+            y_te: np.ndarray | None) -> DataBundle:
+    """Validated tensors: float32 inputs, int64 labels; train and test samples must have one shape."""
+    if (y_tr is None) != (y_te is None):
+        raise UserError(f"{source}: either both splits have labels or neither does")
+    _check_split(source, "train", x_tr, y_tr)
+    _check_split(source, "test", x_te, y_te)
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise UserError(f"{source}: train samples have shape {x_tr.shape[1:]} but test samples {x_te.shape[1:]}")
+    def labels(y: np.ndarray | None) -> torch.Tensor | None:
+        return None if y is None else torch.tensor(y, dtype=torch.long)
+
+    num_classes = None if y_tr is None else int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+    return DataBundle(name, torch.tensor(x_tr, dtype=torch.float32), labels(y_tr),
+                      torch.tensor(x_te, dtype=torch.float32), labels(y_te), num_classes)
 
 
 def load_npz(path: str | Path, seed: int = 0) -> DataBundle:
@@ -86,25 +120,71 @@ def load_npz(path: str | Path, seed: int = 0) -> DataBundle:
         arrays = dict(np.load(path, allow_pickle=False))
     except FileNotFoundError:
         raise UserError(f"data file not found: {path}") from None
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{path}: not a readable npz file ({exc})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # corrupt or truncated
+        raise UserError(f"{path}: not a readable npz file ({str(exc).splitlines()[0] if str(exc) else exc})") from None
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
         parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
     elif {"x", "y"} <= arrays.keys():
         if len(arrays["x"]) != len(arrays["y"]):
             raise UserError(f"{path}: x has {len(arrays['x'])} rows but y has {len(arrays['y'])}")
+        if len(arrays["x"]) < 2:
+            raise UserError(f"{path}: x and y need at least 2 rows to split into train and test")
         parts = list(_split(arrays["x"], arrays["y"], 0.2, seed))
     else:
         raise UserError(f"{path}: needs arrays x_train, y_train, x_test, y_test (or x and y); found {sorted(arrays)}")
     x_tr, y_tr, x_te, y_te = parts
-    for name, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
-        if len(x) != len(y):
-            raise UserError(f"{path}: x_{name} has {len(x)} rows but y_{name} has {len(y)}")
-        _check_array(f"x_{name}", x, path)
-        if y.dtype.kind not in "iu":
-            raise UserError(f"{path}: y_{name} must hold integer class labels, not {y.dtype}")
-        if len(y) and y.min() < 0:
-            raise UserError(f"{path}: y_{name} holds negative labels")
-    num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    return DataBundle(path.stem, torch.tensor(x_tr, dtype=torch.float32), torch.tensor(y_tr, dtype=torch.long),
-                      torch.tensor(x_te, dtype=torch.float32), torch.tensor(y_te, dtype=torch.long), num_classes)
+    return _bundle(path.stem, str(path), x_tr, y_tr, x_te, y_te)
+
+
+def _dataset_arrays(dataset, source: str, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Samples of a torch Dataset (items (x, y) or x) or a TensorDataset, stacked into arrays."""
+    tensors = getattr(dataset, "tensors", None)
+    if isinstance(tensors, tuple) and tensors and all(isinstance(t, torch.Tensor) for t in tensors):
+        return tensors[0].detach().cpu().numpy(), tensors[1].detach().cpu().numpy() if len(tensors) > 1 else None
+    try:
+        count = len(dataset)
+    except TypeError:
+        raise UserError(f"{source}: the {split} dataset has no len(); return a map-style torch Dataset") from None
+    xs, ys = [], []
+    for i in range(count):
+        item = dataset[i]
+        x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) and len(item) >= 2 else (item, None)
+        if isinstance(item, (tuple, list)) and len(item) == 1:
+            x = item[0]
+        try:
+            xs.append(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32))
+            if y is not None:
+                ys.append(int(y.item() if isinstance(y, torch.Tensor) else y))
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{source}: {split} sample {i} is not (tensor, integer label): {exc}") from None
+    if ys and len(ys) != len(xs):
+        raise UserError(f"{source}: some {split} samples have labels and some do not")
+    shapes = {a.shape for a in xs}
+    if len(shapes) > 1:
+        raise UserError(f"{source}: {split} samples differ in shape ({sorted(shapes)[:2]}); every sample needs one shape")
+    return np.stack(xs) if xs else np.zeros((0,), np.float32), np.asarray(ys, dtype=np.int64) if ys else None
+
+
+def load_factory_data(spec: str, seed: int = 0) -> DataBundle:
+    """`file.py:factory` or `package.module:factory` returning (train, test) datasets, or one
+    dataset that is split deterministically (80/20). Samples are copied into memory as tensors."""
+    from .models.loading import call_factory, import_factory
+
+    result = call_factory(spec, import_factory(spec, "--data"), "--data", seed=seed)
+    if isinstance(result, (tuple, list)) and len(result) == 2:
+        (x_tr, y_tr), (x_te, y_te) = (_dataset_arrays(result[0], spec, "train"),
+                                      _dataset_arrays(result[1], spec, "test"))
+    elif hasattr(result, "__getitem__") and not isinstance(result, (tuple, list, dict)):
+        x, y = _dataset_arrays(result, spec, "whole")
+        if len(x) < 2:
+            raise UserError(f"{spec}: the dataset needs at least 2 samples to split into train and test")
+        if y is None:
+            order = np.random.default_rng(seed).permutation(len(x))
+            n_test = max(1, int(round(len(x) * 0.2)))
+            x_tr, y_tr, x_te, y_te = x[order[n_test:]], None, x[order[:n_test]], None
+        else:
+            x_tr, y_tr, x_te, y_te = _split(x, y, 0.2, seed)
+    else:
+        raise UserError(f"--data: factory {spec} returned {type(result).__name__}; expected (train, test) datasets")
+    name = spec.rpartition(":")[2]
+    return _bundle(name, spec, x_tr, y_tr, x_te, y_te)

@@ -23,14 +23,43 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(tmp_path)
         with open(tmp_path, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_path, _default_file_mode())  # mkstemp makes 0600; artifacts get the usual mode
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
         raise UserError(f"could not write {path}: {exc.strerror or exc}") from None
+    except Exception:
+        # Some writers hide the OSError: torch.save on a full disk raises RuntimeError ("unexpected pos").
+        full = _no_space_left(path.parent)
+        tmp_path.unlink(missing_ok=True)
+        if full:
+            raise UserError(f"could not write {path}: No space left on device") from None
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _no_space_left(directory: Path) -> bool:
+    """True when the filesystem holding `directory` is full (checked before the partial file is removed)."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < (1 << 20)
+
+
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """Delete the temporary files of writes a killed process never finished (SIGKILL skips cleanup)."""
+    for stale in Path(directory).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

@@ -3,34 +3,84 @@
 A *group* is the set of channels that must go together: a conv's output channels, its BatchNorm
 entries, every consumer's input channels and, across a residual add, the partner branches. We name
 a group after its root module (the conv or linear whose output channels it removes), which is stable
-for the same architecture, so a plan (group name -> kept channel indices) can be saved as JSON and
-replayed on a fresh copy of the dense model instead of pickling pruned modules.
+for the same architecture, so a plan (group name -> kept units) can be saved as JSON and replayed on
+a fresh copy of the dense model instead of pickling pruned modules.
+
+A group's *units* are what a plan keeps or removes. Usually a unit is one channel. Where a grouped
+convolution reads or writes the channels, a unit is one channel offset taken in every one of its
+groups (so each conv group keeps the same width and the same weight columns). For
+nn.MultiheadAttention a unit is one attention head (attention_heads.py).
 
 Two ways to apply a plan:
 - `apply_plan` removes channels physically (parameter tensors lose rows and columns);
 - `ChannelMasks` zeroes the removed channels with forward hooks, so a model can be fine-tuned at full
   size and then shrunk exactly (`shrink` checks that both agree).
+
+Not every group can be removed safely (a reshape that depends on the channel count, a parameter
+used directly, a coupling the masks cannot express). `GroupGraph(verify=True)` therefore test-prunes
+a copy of the model and compares it with the masked model; a group that fails is left dense and
+recorded in `skipped` with a one-line reason.
 """
 from __future__ import annotations
 
+import copy
+import math
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-Plan = dict[str, list[int]]  # group name -> kept channel indices (root coordinates, ascending)
+from . import attention_heads
+
+Plan = dict[str, list[int]]  # group name -> kept unit indices (ascending)
 
 _LAST_DIM_TYPES = (nn.Linear, nn.LayerNorm)
+# masked and test-pruned outputs must agree to float rounding (relative to the output's scale)
+VERIFY_TOLERANCE = 1e-4
 
 
 @dataclass
 class ChannelGroup:
     name: str
-    channels: int
+    channels: int  # prunable units: channels, channel offsets shared by a grouped conv's groups, or heads
     members: list[str]
-    tp_group: object = field(repr=False)
+    tp_group: object = field(repr=False)  # Torch-Pruning group; () for attention heads
+    units: list[list[int]] | None = field(default=None, repr=False)  # root channels of each unit; None: one each
+    kind: str = "channels"  # "channels" or "heads"
+    attention: nn.Module | None = field(default=None, repr=False)  # the nn.MultiheadAttention of a heads group
+
+    @property
+    def unit_size(self) -> int:
+        """Root channels per unit: 1, or how many conv groups share one channel offset (heads: 1 head)."""
+        return 1 if self.units is None else len(self.units[0])
+
+    def root_channels(self, kept_units: list[int]) -> list[int]:
+        if self.units is None:
+            return sorted(kept_units)
+        return sorted(c for u in kept_units for c in self.units[u])
+
+    def unit_multiple(self, channel_multiple: int) -> int:
+        """The width multiple in units: heads are not channels (any count will do), and a unit of
+        several channels already contributes that many."""
+        if self.kind == "heads":
+            return 1
+        if self.units is None:
+            return channel_multiple
+        return max(1, -(-channel_multiple // self.unit_size))
+
+    def unit_scores(self, criterion) -> torch.Tensor:
+        """One score per unit. `criterion(group)` scores root channels; units sum their channels'.
+        Heads are scored by their weights' L2 norm (criteria read Torch-Pruning groups, heads have none)."""
+        if self.kind == "heads":
+            return attention_heads.head_scores(self.attention)
+        scores = criterion(self)
+        if self.units is None:
+            return scores
+        return torch.stack([scores[u].sum() for u in self.units])
 
 
 @dataclass
@@ -65,7 +115,7 @@ def output_modules(model: nn.Module, example_input: torch.Tensor) -> list[nn.Mod
     finally:
         for h in handles:
             h.remove()
-    outputs = out if isinstance(out, (tuple, list)) else [out]
+    outputs = _tensors(out)
     heads = [m for m, t in produced if any(t is o for o in outputs)]
     if not heads:
         weighted = [m for m, _ in produced if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
@@ -73,13 +123,29 @@ def output_modules(model: nn.Module, example_input: torch.Tensor) -> list[nn.Mod
     return heads
 
 
+def _tensors(out) -> list[torch.Tensor]:
+    """Every tensor in a model's output (a tensor, or tuples/lists/dicts of them)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _tensors(item)]
+    return []
+
+
 class GroupGraph:
-    """DepGraph over one model plus the groups we are allowed to prune."""
+    """DepGraph over one model plus the groups we are allowed to prune.
+
+    verify=True test-prunes every group on a copy (see the module docstring); the prune stage asks
+    for it once, while replaying a known-good plan (apply_plan, masks) does not need it.
+    """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, ignore: str | None = None,
-                 min_channels: int = 2):
+                 min_channels: int = 2, verify: bool = False):
         self.model = model
         self.example_input = example_input
+        self.ignore = ignore
         # DepGraph traces autograd, so every parameter must require grad while it builds.
         was_training = model.training
         frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -87,12 +153,15 @@ class GroupGraph:
             p.requires_grad_(True)
         model.eval()
         try:
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+            with warnings.catch_warnings():  # e.g. "unwrapped parameters detected": _verify reports what matters
+                warnings.simplefilter("ignore")
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
         finally:
             model.train(was_training)
             for p in frozen:
                 p.requires_grad_(False)
         names = module_names(model)
+        self._names = names
         ignored = set(output_modules(model, example_input))
         if ignore:
             pattern = re.compile(ignore)
@@ -101,40 +170,201 @@ class GroupGraph:
         self.groups: list[ChannelGroup] = []
         self.skipped: list[SkippedModule] = []
         for group in self.dg.get_all_groups(ignored_layers=list(ignored)):
-            root = group[0].dep.target.module
-            name = names[root]
-            channels = len(group[0].idxs)
-            members = sorted({names[d.target.module] for d, _ in group
-                              if isinstance(d.target.module, nn.Module) and d.target.module in names})
-            if channels < min_channels:
-                self.skipped.append(SkippedModule(name, f"only {channels} channel(s)"))
-                continue
-            self.groups.append(ChannelGroup(name, channels, members, group))
+            self._add_channel_group(group, min_channels)
+        for module, name in names.items():
+            if isinstance(module, nn.MultiheadAttention) and module not in ignored:
+                self._add_head_group(module, name, min_channels)
+        if verify:
+            self._verify()
         self._by_name = {g.name: g for g in self.groups}
-        self._modules = {n: m for m, n in names.items()}
+
+    # -- building groups ---------------------------------------------------------------------------
+
+    def _add_channel_group(self, group, min_channels: int) -> None:
+        names = self._names
+        root = group[0].dep.target.module
+        name = names[root]
+        channels = len(group[0].idxs)
+        modules = {d.target.module for d, _ in group}
+        members = sorted({names[m] for m in modules if isinstance(m, nn.Module) and m in names})
+        attention = sorted(names[m] for m in modules if isinstance(m, nn.MultiheadAttention))
+        if attention:
+            self.skipped.append(SkippedModule(name, f"its {channels} channels are the embedding width of "
+                                              f"nn.MultiheadAttention {attention[0]} (its heads are pruned instead)"))
+            return
+        units, grouped, reason = self._grouped_conv_units(group, channels)
+        if reason:
+            self.skipped.append(SkippedModule(name, reason))
+            return
+        count = channels if units is None else len(units)
+        if count < min_channels:
+            reason = f"only {count} channel(s)"
+            if units is not None:
+                reason = (f"grouped conv {self._names[grouped]} (groups={grouped.groups}) would lose its equal groups: "
+                          f"each of them holds only {count} of these channels")
+            self.skipped.append(SkippedModule(name, reason))
+            return
+        self.groups.append(ChannelGroup(name, count, members, group, units))
+
+    def _grouped_conv_units(self, group, channels: int):
+        """Units for a group that reaches grouped convolutions, or None when each channel is a unit.
+
+        Torch-Pruning removes a grouped conv's input channels by dropping the same weight columns in
+        every conv group, and its output channels row by row, so a removal is valid when it takes the
+        same channel offsets in every conv group. Offsets linked through several grouped convs are
+        merged into one unit (union-find over root channel positions).
+        Returns (units or None, the last grouped conv seen, a reason to skip or None).
+        """
+        parent = list(range(channels))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        found = None
+        for item in group:
+            module = item.dep.target.module
+            if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
+                continue
+            if module.groups == module.out_channels:  # depthwise: in and out channels go together
+                continue
+            found = module
+            width = module.in_channels if self.dg.is_in_channel_pruning_fn(item.dep.handler) else module.out_channels
+            block = width // module.groups
+            if len(item.idxs) != width or item.root_idxs is None:
+                return None, module, (f"grouped conv {self._names[module]} (groups={module.groups}) receives only "
+                                      f"{len(item.idxs)} of its {width} channels from this group, "
+                                      "so its groups cannot stay equal")
+            by_offset: dict[int, list[int]] = {}
+            for idx, root in zip(item.idxs, item.root_idxs):
+                by_offset.setdefault(int(idx) % block, []).append(int(root))
+            for roots in by_offset.values():
+                for r in roots[1:]:
+                    parent[find(r)] = find(roots[0])
+        if found is None:
+            return None, None, None
+        units: dict[int, list[int]] = {}
+        for c in range(channels):
+            units.setdefault(find(c), []).append(c)
+        return sorted(units.values(), key=lambda u: u[0]), found, None
+
+    def _add_head_group(self, module: nn.MultiheadAttention, name: str, min_channels: int) -> None:
+        reason = attention_heads.head_pruning_blocker(module)
+        if reason is None and module.num_heads < min_channels:
+            reason = f"only {module.num_heads} head(s)"
+        if reason:
+            self.skipped.append(SkippedModule(name, reason))
+            return
+        members = [name, f"{name}.out_proj"]
+        self.groups.append(ChannelGroup(name, module.num_heads, members, (), None, "heads", module))
+
+    # -- verification ------------------------------------------------------------------------------
+
+    def _verify(self) -> None:
+        """Test-prune every group on a copy and compare with the masked model; skip the failures.
+
+        All groups are tried together first (one copy, the common case); only when that fails are the
+        groups bisected to find the ones that break.
+        """
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn((2, *self.example_input.shape[1:]), generator=generator).to(self.example_input.dtype)
+        self._by_name = {g.name: g for g in self.groups}
+        failures = self._find_failures(self.groups, x)
+        for group in self.groups:
+            if group.name in failures:
+                self.skipped.append(SkippedModule(group.name, failures[group.name]))
+        self.groups = [g for g in self.groups if g.name not in failures]
+
+    def _find_failures(self, groups: list[ChannelGroup], x: torch.Tensor) -> dict[str, str]:
+        if not groups:
+            return {}
+        reason = self._trial(groups, x)
+        if reason is None:
+            return {}
+        if len(groups) == 1:
+            return {groups[0].name: self._raw_parameters_note(groups[0]) + reason}
+        half = len(groups) // 2
+        failures = self._find_failures(groups[:half], x) | self._find_failures(groups[half:], x)
+        if not failures:  # each half is fine alone, not together: keep the first half
+            failures = {g.name: f"pruned together with other groups: {reason}" for g in groups[half:]}
+        return failures
+
+    def _trial(self, groups: list[ChannelGroup], x: torch.Tensor) -> str | None:
+        """Why removing a few units of each group breaks the model, or None when it is exact."""
+        # Every fourth unit from the second: spread out, so index bookkeeping errors show.
+        plan = {g.name: [u for u in range(g.channels) if u % 4 != 1] for g in groups}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            masks = ChannelMasks(self, plan)
+            try:
+                with torch.no_grad():
+                    masked = _tensors(self.model(x))
+            finally:
+                masks.remove()
+            pruned_model = copy.deepcopy(self.model)
+            apply_plan(pruned_model, self.example_input, plan, self.ignore)  # DepGraph needs autograd on
+            with torch.no_grad():
+                pruned = _tensors(pruned_model.eval()(x))
+        except Exception as exc:  # noqa: BLE001 - whatever the model raises is the reason
+            text = str(exc).strip().splitlines()
+            return f"pruning breaks the model: {type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
+        finally:
+            self.model.train(was_training)
+        if len(masked) != len(pruned) or any(a.shape != b.shape for a, b in zip(masked, pruned)):
+            return "pruning changes the shape of the model's outputs"
+        for a, b in zip(masked, pruned):
+            diff = float((a - b).abs().max()) if a.numel() else 0.0
+            scale = max(1.0, float(a.abs().max()) if a.numel() else 0.0)
+            if not diff <= VERIFY_TOLERANCE * scale:
+                return f"zeroing its channels is not the same as removing them (outputs differ by {diff:.2g})"
+        return None
+
+    def _raw_parameters_note(self, group: ChannelGroup) -> str:
+        """Names the parameters of the group that forward uses directly (not through a module)."""
+        raw = [self.dg._param_to_name.get(d.target.module, "?") for d, _ in group.tp_group
+               if isinstance(d.target.module, nn.Parameter)]
+        return f"parameter {', '.join(sorted(set(raw)))} is used directly in forward; " if raw else ""
+
+    # -- applying plans ----------------------------------------------------------------------------
 
     def __getitem__(self, name: str) -> ChannelGroup:
         return self._by_name[name]
 
     def _pruning_group(self, name: str, removed: list[int]):
-        root = self._modules[name]
+        root = self._by_name[name].tp_group[0].dep.target.module
         pruner = self.dg.get_pruner_of_module(root)
         return self.dg.get_pruning_group(root, pruner.prune_out_channels, removed)
 
+    def _removed_channels(self, name: str, kept: list[int]) -> list[int]:
+        group = self._by_name[name]
+        all_channels = group.root_channels(list(range(group.channels)))
+        return sorted(set(all_channels) - set(group.root_channels(kept)))
+
     def apply(self, plan: Plan) -> None:
-        """Physically remove every channel the plan does not keep (in place)."""
+        """Physically remove every unit the plan does not keep (in place)."""
+        heads = []
         for name, kept in plan.items():
-            group = self._by_name[name]
-            removed = sorted(set(range(group.channels)) - set(kept))
+            if self._by_name[name].kind == "heads":
+                heads.append((name, kept))
+                continue
+            removed = self._removed_channels(name, kept)
             if removed:
                 self._pruning_group(name, removed).prune()
+        # Replacing attention modules last: the DepGraph above refers to the original modules.
+        for name, kept in heads:
+            if len(kept) < self._by_name[name].channels:
+                attention_heads.prune_heads(self.model, name, sorted(kept))
 
     def removed_outputs(self, plan: Plan) -> dict[nn.Module, list[int]]:
         """For each module whose output channels the plan removes, those channel indices."""
         result: dict[nn.Module, set[int]] = {}
         for name, kept in plan.items():
-            group = self._by_name[name]
-            removed = sorted(set(range(group.channels)) - set(kept))
+            if self._by_name[name].kind == "heads":
+                continue
+            removed = self._removed_channels(name, kept)
             if not removed:
                 continue
             for dep, idxs in self._pruning_group(name, removed):
@@ -142,6 +372,11 @@ class GroupGraph:
                 if isinstance(module, nn.Module) and self.dg.is_out_channel_pruning_fn(dep.handler):
                     result.setdefault(module, set()).update(int(i) for i in idxs)
         return {m: sorted(i) for m, i in result.items()}
+
+    def removed_heads(self, plan: Plan) -> dict[nn.Module, list[int]]:
+        """For each attention module the plan prunes, the heads it keeps."""
+        return {self._by_name[name].attention: sorted(kept) for name, kept in plan.items()
+                if self._by_name[name].kind == "heads" and len(kept) < self._by_name[name].channels}
 
 
 def apply_plan(model: nn.Module, example_input: torch.Tensor, plan: Plan, ignore: str | None = None) -> nn.Module:
@@ -155,6 +390,8 @@ class ChannelMasks:
 
     Zeroing a channel at its conv *and* its BatchNorm makes it exactly zero downstream (BN would
     otherwise add its shift back), so the masked model computes what the shrunk model computes.
+    LayerNorm normalises over all its channels, so its hook recomputes it over the kept channels
+    only; attention modules recompute their output from the kept heads.
     """
 
     def __init__(self, graph: GroupGraph, plan: Plan):
@@ -163,9 +400,15 @@ class ChannelMasks:
             width = _output_width(module)
             if width is None:
                 continue
+            if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+                kept = sorted(set(range(width)) - set(removed))
+                self.handles.append(module.register_forward_hook(_layer_norm_hook(kept)))
+                continue
             mask = torch.ones(width)
             mask[removed] = 0.0
             self.handles.append(module.register_forward_hook(_mask_hook(mask, module)))
+        for module, kept in graph.removed_heads(plan).items():
+            self.handles.append(module.register_forward_hook(attention_heads.head_mask_hook(kept), with_kwargs=True))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -196,6 +439,21 @@ def _mask_hook(mask: torch.Tensor, module: nn.Module):
     return hook
 
 
+def _layer_norm_hook(kept: list[int]):
+    """LayerNorm over the kept channels only, zeros elsewhere: what the pruned LayerNorm computes."""
+    index = torch.tensor(kept, dtype=torch.long)
+
+    def hook(module: nn.LayerNorm, inputs, output):
+        x = inputs[0]
+        idx = index.to(x.device)
+        weight = module.weight[idx] if module.weight is not None else None
+        bias = module.bias[idx] if module.bias is not None else None
+        kept_out = F.layer_norm(x.index_select(-1, idx), (len(kept),), weight, bias, module.eps)
+        return torch.zeros_like(output).index_copy(-1, idx, kept_out)
+
+    return hook
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -212,5 +470,5 @@ def round_channels(count: float, channels: int, multiple: int) -> int:
     """Round to a multiple the runtime rewards (ORT's NCHWc path wants 8), within [1, channels]."""
     if channels <= multiple or multiple <= 1:
         return max(1, min(channels, int(round(count))))
-    rounded = int(round(count / multiple)) * multiple
+    rounded = int(math.floor(count / multiple + 0.5)) * multiple  # half-up, not banker's rounding
     return max(multiple, min(channels, rounded))

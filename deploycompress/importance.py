@@ -6,7 +6,8 @@ criteria that need activations or gradients) and `__call__(group) -> 1-D tensor`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,13 +20,25 @@ from .registry import Registry
 
 @dataclass
 class ScoringContext:
-    """What a criterion may look at: the dense model, its groups, calibration data and the teacher."""
+    """What a criterion may look at: the dense model, its groups, calibration data and the teacher.
+
+    The optional fields serve the research criteria (deploycompress/criteria/): `regularizer` is one
+    that was already trained on `model` (DSM reads its prior), `finetune(name)` builds regularizer
+    `name` on `model`, runs the configured short regularised finetune and returns it (for criteria
+    that need their own), and
+    `channel_multiple` tells selectors which widths the policies will ask for. A criterion that has
+    to fall back (no clean consumer layer, say) appends one line to `notes`; the report shows them.
+    """
 
     model: nn.Module
     graph: GroupGraph
     calibration: torch.Tensor
     labels: torch.Tensor | None
     teacher_logits: torch.Tensor
+    regularizer: object | None = None
+    finetune: Callable[[str], object] | None = None
+    channel_multiple: int = 8
+    notes: list[str] = field(default_factory=list)
 
 
 class Criterion:
@@ -110,13 +123,36 @@ class Taylor(_TorchPruningCriterion):
         return scores
 
 
+# The research methods live one module each in deploycompress/criteria/ and load on first use.
+criteria.register_lazy("ispasp", "deploycompress.criteria.ispasp:ISpaSP")
+criteria.register_lazy("dcp", "deploycompress.criteria.dcp:DCP")
+criteria.register_lazy("synaptic_strength", "deploycompress.criteria.synaptic:SynapticStrength")
+criteria.register_lazy("dsm", "deploycompress.criteria.dsm:DSM")
+
+
+def criterion_scorer(name: str, scoring: ScoringContext) -> Callable[[], dict[str, torch.Tensor]]:
+    """A function that (re)scores every group with one criterion instance, so iterative policies can
+    rescore the finetuned model between rounds without repeating a criterion's one-off work."""
+    criterion = criteria.get(name)()
+
+    def score() -> dict[str, torch.Tensor]:
+        criterion.prepare(scoring)
+        scores = {g.name: g.unit_scores(criterion) for g in scoring.graph.groups}  # per unit (channel, channel set, head)
+        scoring.model.zero_grad(set_to_none=True)
+        return scores
+
+    return score
+
+
 def score_groups(name: str, scoring: ScoringContext) -> dict[str, torch.Tensor]:
     """Scores for every prunable group, by criterion name."""
-    criterion = criteria.get(name)()
-    criterion.prepare(scoring)
-    scores = {g.name: criterion(g) for g in scoring.graph.groups}
-    scoring.model.zero_grad(set_to_none=True)
-    return scores
+    return criterion_scorer(name, scoring)()
+
+
+def magnitude_scores(group: ChannelGroup) -> torch.Tensor:
+    """L2 group magnitude: the baseline every research criterion falls back to."""
+    with torch.no_grad():
+        return tp.importance.GroupMagnitudeImportance(p=2)(group.tp_group).detach().float().flatten()
 
 
 def keep_top(scores: torch.Tensor, count: int) -> list[int]:

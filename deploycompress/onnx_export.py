@@ -37,13 +37,25 @@ def _quiet():
             logging.getLogger("torch.onnx").setLevel(previous)
 
 
+@contextlib.contextmanager
+def _unfused_attention():
+    """nn.MultiheadAttention / nn.TransformerEncoderLayer take a fused "fast path" in eval mode whose
+    kernels (_native_multi_head_attention, ...) have no ONNX export; the unfused path computes the same."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
 def export_bytes(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET) -> bytes:
     """Serialized ONNX model; raises UserError with the exporter's first line when export fails."""
     was_training = model.training
     model.eval()
     buffer = io.BytesIO()
     try:
-        with _quiet(), torch.no_grad():
+        with _quiet(), torch.no_grad(), _unfused_attention():
             try:
                 torch.onnx.export(model, (example_input,), buffer, dynamo=False, opset_version=opset,
                                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .context import RunContext, build_context
 from .errors import UserError
-from .fileio import ensure_writable_dir, sha256, write_json
+from .fileio import ensure_writable_dir, remove_stale_temporaries, sha256, write_json
 from .recipe import RunConfig
 from .report import build_report, write_report
 from .stages import Stage, default_stages
@@ -41,11 +41,15 @@ def run_pipeline(config: RunConfig, resume: bool = False, stages: list[Stage] | 
     run_dir = ensure_writable_dir(config.out or default_run_dir(config))
     stages = stages or default_stages()
     manifest = _read_manifest(run_dir, config) if resume else {"config": config.to_dict(), "stages": {}}
-    if resume and manifest["config"] != config.to_dict():
+    # Compared as JSON reads it back (tuples such as input_shape come back as lists).
+    if resume and manifest["config"] != json.loads(json.dumps(config.to_dict())):
         raise UserError(f"{run_dir} holds a run with different settings; resume with the same options or use a new --out")
-    write_json(run_dir / MANIFEST, manifest)
     started = time.perf_counter()
+    # Model, weights and data are checked before the run directory is touched: bad input must not
+    # clobber the manifest of a run already there.
     ctx: RunContext = build_context(config, run_dir)
+    remove_stale_temporaries(run_dir)  # half-written files of a killed run
+    write_json(run_dir / MANIFEST, manifest)
     timings = []
     restoring = resume
     for stage in stages:

@@ -69,11 +69,15 @@ class FinetuneConfig:
     temperature: float = 4.0
     distill_weight: float = 0.7
     batch_size: int = 64
-    regularizer: str | None = None
+    regularizer: str | None = None  # a penalty while finetuning (`--regularizer`): synaptic_strength, dsm
+    regularize_epochs: float = 1.0  # regularised finetune of the dense model before scoring (below 1: a fraction)
+    round_epochs: float = 0.5  # finetune between rounds of an iterative policy (SAP)
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 0:
             raise UserError("finetune epochs must be 0 or more")
+        if self.regularize_epochs < 0 or self.round_epochs < 0:
+            raise UserError("finetune.regularize_epochs and finetune.round_epochs must be 0 or more")
         if self.lr <= 0:
             raise UserError("finetune.lr must be positive")
 

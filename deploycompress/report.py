@@ -24,11 +24,15 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         "model": cfg.model,
         "data": ctx.data.name,
         "target_speedup": cfg.target_speedup,
-        "target_met": None if measured is None else bool(measured >= cfg.target_speedup),
+        # An untrusted measurement is never a pass: target_met is null, and `check` fails on it.
+        "target_met": None if measured is None or not latency.get("trusted", True)
+        else bool(measured >= cfg.target_speedup),
         "speedup": {
             "measured": measured,
             "ci95": comparison.get("ci95"),
             "ratio_spread": comparison.get("ratio_spread"),
+            "trusted": latency.get("trusted"),
+            "attempts": latency.get("attempts"),
             "predicted": prune.get("predicted_speedup"),
             "macs_ratio": _ratio(ctx.report.get("macs", {})),
         },
@@ -57,6 +61,7 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         "layers": prune.get("layers", []),
         "skipped_groups": prune.get("skipped", []),
         "ignored_modules": prune.get("ignored", []),
+        "notes": prune.get("notes", []),  # one line each where a method fell back or adapted itself
         "search": {"candidates": prune.get("candidates", []), "details": prune.get("details", {})},
         "config": cfg.to_dict(),
         "artifacts": {"dense_onnx": "dense.onnx", "compressed_onnx": "model.onnx", "plan": "plan.json"},
@@ -81,7 +86,7 @@ def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
 
 def summary_lines(report: dict) -> list[str]:
     s, lat, acc = report["speedup"], report["latency_ms"], report["accuracy"]
-    verdict = "MET" if report["target_met"] else "NOT MET"
+    verdict = {True: "MET", False: "NOT MET", None: "UNTRUSTED (measurement too noisy)"}[report["target_met"]]
     lines = [
         f"target {report['target_speedup']:g}x: {verdict} - measured {_fmt(s['measured'])}x "
         f"(95% CI {_fmt((s['ci95'] or [None])[0])}-{_fmt((s['ci95'] or [None, None])[1])}), "
@@ -113,6 +118,7 @@ def markdown(report: dict, plots: list[str] | None = None) -> str:
     if report["skipped_groups"]:
         lines += ["", "## Left dense", ""]
         lines += [f"- `{s['name']}`: {s['reason']}" for s in report["skipped_groups"]]
+    lines += _notes_and_pqi_lines(report)
     rt = report.get("runtime") or {}
     lines += ["", "## Measurement", "",
               f"Interleaved A/B rounds after warm-up, median of per-round ratios. ONNX Runtime {rt.get('ort')}, "
@@ -121,6 +127,33 @@ def markdown(report: dict, plots: list[str] | None = None) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     return "\n".join(lines)
+
+
+def _notes_and_pqi_lines(report: dict) -> list[str]:
+    """Method notes, each layer's PQ Index before/after, and an iterative policy's PQI per round."""
+    lines = []
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
+    layers = [l for l in report["layers"] if l.get("pqi_before") is not None]
+    if layers:
+        lines += ["", "## Compressibility (PQ Index)", "",
+                  "PQ Index (p = 0.5, q = 1) of each group's L2 channel norms: 0 when every channel is alike, "
+                  "towards 1 when a few channels carry the group. After = the kept channels of the final model.", "",
+                  "| group | PQI before | PQI after |", "|---|---:|---:|"]
+        lines += [f"| {l['name']} | {_fmt(l.get('pqi_before'), '.3g')} | {_fmt(l.get('pqi_after'), '.3g')} |"
+                  for l in layers]
+    details = report.get("search", {}).get("details", {})
+    trajectory = details.get("pqi_trajectory")
+    if trajectory:
+        turn = details.get("pqi_turns_upward_at_round")
+        lines += ["", "## PQ Index per round", "",
+                  "Mean PQI of the surviving channels' scores at the start of each round. Where it turns upward "
+                  "the scores stop getting more uniform: the paper's sign that pruning nears the model's limit. "
+                  + (f"Here it turns upward at round {turn}." if turn else "Here it never turns upward."), "",
+                  "| round | mean PQI at start | kept after the round | measured speedup |", "|---|---:|---:|---:|"]
+        lines += [f"| {t['round']} | {t['pqi_mean']:.3g} | {_fmt(t.get('kept_fraction'), '.0%')} | "
+                  f"{_fmt(t.get('speedup'), '.2f', 'x')} |" for t in trajectory]
+    return lines
 
 
 def write_report(run_dir: Path, report: dict) -> None:

@@ -120,6 +120,9 @@ class AllocationProblem:
     # The search aims a little above the target so that the final, longer measurement still meets it.
     margin: float = 0.03
     notes: list[str] = field(default_factory=list)
+    # For iterative policies (SAP): finetune the working model masked to a plan briefly and return fresh
+    # scores for every group. None where the caller cannot train (scores then stay as they are).
+    finetune_round: Callable[[Plan], dict[str, torch.Tensor]] | None = None
 
     def plan_from_widths(self, widths: dict[str, int]) -> Plan:
         return {g.name: keep_top(self.scores[g.name], widths[g.name]) for g in self.graph.groups}

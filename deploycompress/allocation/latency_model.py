@@ -22,10 +22,11 @@ class LatencyModel:
     """
 
     def __init__(self, operators: list[Operator], curves: dict[str, OperatorCurve], group_channels: dict[str, int],
-                 dense_ms: float):
+                 dense_ms: float, unit_sizes: dict[str, int] | None = None):
         self.operators = [op for op in operators if op.name in curves]
         self.curves = curves
-        self.group_channels = group_channels
+        self.group_channels = group_channels  # in units (channels, channel sets of a grouped conv, heads)
+        self.unit_sizes = unit_sizes or {}
         self.dense_ms = dense_ms
         self.dense_sum = self.operator_sum({})
         self.points: list[tuple[float, float]] = [(self.dense_sum, dense_ms)]
@@ -35,7 +36,8 @@ class LatencyModel:
         return self.curves[op.name](widths_signature(op, removed).cost_coordinate())
 
     def removed(self, widths: dict[str, int]) -> dict[str, int]:
-        return {g: self.group_channels[g] - w for g, w in widths.items()}
+        """Root channels each group loses at these widths (widths are in units)."""
+        return {g: (self.group_channels[g] - w) * self.unit_sizes.get(g, 1) for g, w in widths.items()}
 
     def operator_sum(self, widths: dict[str, int]) -> float:
         removed = self.removed(widths)
@@ -93,15 +95,20 @@ def build_latency_model(problem) -> LatencyModel:
     table = LatencyTable(fingerprint, LatencyTable.cache_file(cache_dir(), fingerprint))
     operators = find_operators(problem.graph, meter.batch_size)
     channels = {g.name: g.channels for g in problem.graph.groups}
+    unit_sizes = {g.name: g.unit_size for g in problem.graph.groups}
     ladder = [problem.uniform_widths(r) for r in LADDER]
 
     def build_variant(widths: dict[str, int]) -> bytes:
         return export_bytes(meter.build(problem.plan_from_widths(widths)), meter.example_input)
 
     progress = progress_bar(len(ladder), "latency table", unit="variant")
-    curves = build_table(operators, ladder, channels, table, build_variant, progress.update)
+    root_channels = {name: channels[name] * unit_sizes[name] for name in channels}
+    root_ladder = [{name: w * unit_sizes[name] for name, w in widths.items()} for widths in ladder]
+    curves = build_table(operators, root_ladder, root_channels, table,
+                         lambda root_widths: build_variant({n: w // unit_sizes[n] for n, w in root_widths.items()}),
+                         progress.update)
     progress.close()
     problem.notes.append(f"latency table: {len(operators)} operators, {len(ladder)} ladder variants, "
                          f"{table.variants_profiled} profiled now (the rest cached)")
     problem.latency_table_variants_profiled = table.variants_profiled
-    return LatencyModel(operators, curves, channels, meter.dense_ms)
+    return LatencyModel(operators, curves, channels, meter.dense_ms, unit_sizes)

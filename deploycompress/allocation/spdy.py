@@ -43,7 +43,7 @@ def level_widths(channels: int, multiple: int, max_levels: int = MAX_LEVELS) -> 
 class SPDY(AllocationPolicy):
     def allocate(self, problem: AllocationProblem) -> AllocationResult:
         groups = problem.graph.groups
-        levels = {g.name: level_widths(g.channels, problem.channel_multiple) for g in groups}
+        levels = {g.name: level_widths(g.channels, g.unit_multiple(problem.channel_multiple)) for g in groups}
         model: LatencyModel = build_latency_model(problem)
         times = [model.unit_times(g.name, levels[g.name]) for g in groups]
         t_base = problem.meter.dense_ms

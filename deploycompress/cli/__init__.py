@@ -16,7 +16,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Compress a PyTorch model to a measured speedup target and ship a smaller ONNX model.")
 
 # Each module registers its commands on `app` when imported.
-COMMAND_MODULES = ["run", "zoo"]
+COMMAND_MODULES = ["run", "zoo", "profile", "compare", "check", "tiles"]
 
 _DEBUG = "--debug" in sys.argv
 
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="deploycompress", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130, silently
+            _interrupted(argv)
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as exc:
@@ -38,15 +40,20 @@ def main(argv: list[str] | None = None) -> None:
     except Exit as exc:
         sys.exit(getattr(exc, "exit_code", 0))
     except Abort:
-        print("deploycompress: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted(argv)
     except TyperException as exc:  # usage errors: bad option values, unknown options
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         print(f"deploycompress: error: {' '.join(message.split())}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("deploycompress: interrupted; rerun with --resume to continue", file=sys.stderr)
-        sys.exit(130)
+        _interrupted(argv)
+
+
+def _interrupted(argv: list[str] | None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    hint = "; rerun with --resume to continue" if args[:1] == ["run"] else ""
+    print(f"deploycompress: interrupted{hint}", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,15 @@ def make_session(model: str | Path | bytes, threads: int = 1, device: str = "cpu
                         f"{str(exc).splitlines()[0]}") from None
 
 
+def check_batch_size(session: ort.InferenceSession, batch_size: int) -> None:
+    """A model exported with a fixed batch fails deep inside ORT for any other batch; say so up front."""
+    for inp in session.get_inputs():
+        fixed = inp.shape[0] if inp.shape else None
+        if isinstance(fixed, int) and fixed != batch_size:
+            raise UserError(f"input {inp.name!r} has a fixed batch of {fixed}; batch size {batch_size} needs a model "
+                            "exported with a dynamic batch axis")
+
+
 def random_feed(session: ort.InferenceSession, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for every graph input; symbolic dimensions other than batch become 1."""
     rng = np.random.default_rng(seed)

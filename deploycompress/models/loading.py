@@ -1,16 +1,19 @@
 """Resolve what the user asked for into a model, its weights and its data.
 
---model accepts a zoo name, `path/to/file.py:factory` or `package.module:factory`. A factory file is
-executed because the user named it: that is the only user code we run. Weights are loaded without
-running pickled code (`torch.load(weights_only=True)`) or from a .safetensors file.
+--model accepts a zoo name, `path/to/file.py:factory` or `package.module:factory` (and --data a
+`file.py:factory` too). A factory file is executed because the user named it: that is the only user
+code we run. Weights are loaded without running pickled code (`torch.load(weights_only=True)`) or
+from a .safetensors file.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -20,52 +23,102 @@ from torch import nn
 from ..errors import UserError
 from .zoo import model_registry
 
+# Checkpoint layouts people save besides a bare state_dict: {"state_dict": ...} (Lightning and
+# many scripts), {"model_state_dict": ...} (the PyTorch tutorial), {"model": ...}.
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("DEPLOYCOMPRESS_CACHE", Path.home() / ".cache" / "deploycompress"))
 
 
-def _import_factory(spec: str):
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0] if len(lines[0]) <= limit else lines[0].split(". ")[0][:limit]
+    return f"{type(exc).__name__}: {first}"
+
+
+@contextlib.contextmanager
+def _importable_from(directory: Path):
+    """Put `directory` first on sys.path while user code runs, as `python file.py` would, so a
+    factory file can import its neighbours."""
+    entry = str(directory)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _split_spec(spec: str, option: str) -> tuple[str, str]:
     target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise UserError(f"--model {spec!r}: expected a zoo name, file.py:factory or package.module:factory")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise UserError(f"model file not found: {path}")
-        module_name = "deploycompress_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - user code may raise anything
-            raise UserError(f"{path} raised {type(exc).__name__} while loading: {exc}") from None
-    else:
-        try:
-            module = importlib.import_module(target)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"cannot import {target!r}: {type(exc).__name__}: {exc}") from None
+    if not target or not attr or not attr.isidentifier():
+        raise UserError(f"{option} {spec!r}: expected file.py:factory or package.module:factory")
+    return target, attr
+
+
+def _user_code_dir(target: str) -> Path:
+    # A file's own folder; for a dotted module the working directory, as `python -m` (and uvicorn) do.
+    return Path(target).resolve().parent if target.endswith(".py") else Path.cwd()
+
+
+def import_factory(spec: str, option: str = "--model"):
+    """The callable named by `file.py:name` or `package.module:name`; UserError with one line if not."""
+    target, attr = _split_spec(spec, option)
+    with _importable_from(_user_code_dir(target)):
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise UserError(f"{option}: file not found: {path}")
+            module_name = "deploycompress_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
+                sys.modules.pop(module_name, None)
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                raise UserError(f"{path} raised {_first_line(exc)} while loading") from None
+        else:
+            try:
+                module = importlib.import_module(target)
+            except BaseException as exc:  # noqa: BLE001
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                raise UserError(f"{option}: cannot import {target!r}: {_first_line(exc)}") from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
-        raise UserError(f"{target} has no callable named {attr!r}")
+        raise UserError(f"{option}: {target} has no callable named {attr!r}")
     return factory
 
 
-def build_user_model(spec: str, num_classes: int | None) -> nn.Module:
-    factory = _import_factory(spec)
-    kwargs = {}
+def call_factory(spec: str, factory, option: str = "--model", **kwargs):
+    """Call a user factory, passing only the keyword arguments its signature accepts."""
     try:
-        if num_classes is not None and "num_classes" in inspect.signature(factory).parameters:
-            kwargs["num_classes"] = num_classes
+        parameters = inspect.signature(factory).parameters
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        kwargs = {k: v for k, v in kwargs.items() if v is not None and (accepts_any or k in parameters)}
     except (TypeError, ValueError):
-        pass
-    try:
-        model = factory(**kwargs)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"model factory {spec} raised {type(exc).__name__}: {exc}") from None
+        kwargs = {}
+    target, _ = _split_spec(spec, option)
+    with _importable_from(_user_code_dir(target)):
+        try:
+            return factory(**kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"{option}: factory {spec} raised {_first_line(exc)}") from None
+
+
+def build_user_model(spec: str, num_classes: int | None) -> nn.Module:
+    model = call_factory(spec, import_factory(spec), num_classes=num_classes)
     if not isinstance(model, nn.Module):
-        raise UserError(f"model factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
+        raise UserError(f"--model: factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
@@ -81,20 +134,36 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling refusals, truncation, corruption
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise UserError(f"{path}: refused to load: the file contains pickled code or objects, which are never "
-                            "executed; save a plain state_dict (torch.save(model.state_dict())) or .safetensors") from None
-        raise UserError(f"{path}: cannot read weights ({text[:200]})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: expected a state_dict (names -> tensors)")
+        text = str(exc)
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:
+            raise UserError(f"{path}: refused to load: the file contains pickled code or objects ({refused.group(1)}), "
+                            "which are never executed; save a plain state_dict (torch.save(model.state_dict())) "
+                            "or .safetensors") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)  # torch's own first line is generic
+        raise UserError(f"{path}: cannot read weights ({detail.group(1)[:200] if detail else _first_line(exc)})") from None
+    if isinstance(state, dict):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: expected a state_dict (parameter names -> tensors)")
+    state = _strip_wrapper_prefix(state, model)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = [line.strip() for line in str(exc).splitlines() if line.strip()][:2]
-        raise UserError(f"{path}: weights do not match the model: {' '.join(first)[:300]}") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = " ".join(lines[1:3] or lines[:1])  # lines[0] is "Error(s) in loading state_dict for X:"
+        raise UserError(f"{path}: weights do not match the model: {detail[:300]}") from None
+
+
+def _strip_wrapper_prefix(state: dict, model: nn.Module) -> dict:
+    """Weights saved from nn.DataParallel/DistributedDataParallel carry a "module." prefix."""
+    own = model.state_dict().keys()
+    if all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in own):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
 
 
 def zoo_entry(spec: str):

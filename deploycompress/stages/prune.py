@@ -10,12 +10,14 @@ from ..allocation import AllocationProblem, SpeedupMeter, policies
 from ..allocation.base import model_digest
 from ..models.loading import cache_dir
 from ..context import RunContext
-from ..fileio import write_json
+from ..fileio import atomic_write, write_json
 from ..allocation.latency_model import build_latency_model
 from ..graph import ChannelMasks, GroupGraph, Plan
-from ..importance import ScoringContext, score_groups
+from ..allocation.sap import layer_pqi
+from ..importance import ScoringContext, criterion_scorer
 from ..training import predict
 from .base import Stage
+from .finetune import finetune_round_fn, record_pqi_after, regularize_before_scoring, regularized_finetune
 
 
 def calibration_loss_fn(ctx: RunContext, graph: GroupGraph):
@@ -77,7 +79,8 @@ def recalibrate_batchnorm(ctx: RunContext) -> None:
 
 class PruneStage(Stage):
     name = "prune"
-    outputs = ("plan.json",)
+    # pruned.pt: the working model's weights, which regularised phases and SAP's rounds have trained
+    outputs = ("plan.json", "pruned.pt")
 
     def run(self, ctx: RunContext) -> None:
         cfg = ctx.config
@@ -86,9 +89,14 @@ class PruneStage(Stage):
         for skipped in graph.skipped:
             print(f"prune: left {skipped.name} dense: {skipped.reason}")
         x = ctx.calibration
+        pqi_before = layer_pqi(graph)  # of the dense model, before any regularised phase changes it
+        regularizer = regularize_before_scoring(ctx, graph)
         scoring = ScoringContext(ctx.model, graph, x, ctx.data.y_train[: len(x)] if ctx.data.has_labels else None,
-                                 predict(ctx.dense, x))
-        scores = score_groups(cfg.prune.importance, scoring)
+                                 predict(ctx.dense, x), regularizer=regularizer,
+                                 finetune=lambda name: regularized_finetune(ctx, name, graph),
+                                 channel_multiple=cfg.prune.channel_multiple)
+        rescore = criterion_scorer(cfg.prune.importance, scoring)
+        scores = rescore()
         print(f"prune: {len(graph.groups)} channel groups, importance {cfg.prune.importance}, "
               f"policy {cfg.prune.policy}; measuring candidates on ONNX Runtime ({cfg.profile.threads} thread(s))")
         cache = cache_dir() / "measurements" / f"{model_digest(ctx.dense, ctx.example_input)}.json"
@@ -97,7 +105,8 @@ class PruneStage(Stage):
                              cache_path=cache if cfg.prune.reuse_measurements else None)
         problem = AllocationProblem(graph, scores, cfg.target_speedup, cfg.prune.max_overshoot,
                                     cfg.prune.channel_multiple, meter, calibration_loss_fn(ctx, graph), cfg.seed,
-                                    spdy_evaluations=cfg.prune.spdy_evaluations)
+                                    spdy_evaluations=cfg.prune.spdy_evaluations,
+                                    finetune_round=finetune_round_fn(ctx, graph, rescore))
         result = policies.get(cfg.prune.policy)().allocate(problem)
         # Per-group latency and the whole-model prediction, for every policy: the latency model is fitted
         # to every candidate measured during the search except the chosen plan itself, so the error of
@@ -115,20 +124,23 @@ class PruneStage(Stage):
         layers = [{"name": g.name, "channels_before": g.channels, "channels_after": len(result.plan[g.name]),
                    "latency_ms_before": latency_model.scale * latency_model.group_ms(g.name),
                    "latency_ms_after": latency_model.scale * latency_model.group_ms(g.name, widths),
-                   "members": g.members} for g in graph.groups]
+                   "pqi_before": pqi_before.get(g.name), "members": g.members} for g in graph.groups]
         info = {"policy": cfg.prune.policy, "importance": cfg.prune.importance,
                 "search_speedup": result.measured_speedup, "predicted_speedup": result.predicted_speedup,
-                "predicted_latency_ms": predicted_ms, "search_dense_ms": meter.dense_ms, "notes": problem.notes,
+                "predicted_latency_ms": predicted_ms, "search_dense_ms": meter.dense_ms, "notes": scoring.notes + problem.notes,
                 "candidates": [{"speedup": m.speedup, "latency_ms": m.latency_ms, "widths": m.widths}
                                for m in meter.history],
                 "details": result.details, "layers": layers,
                 "skipped": [{"name": s.name, "reason": s.reason} for s in graph.skipped],
                 "ignored": graph.ignored}
         write_json(ctx.run_dir / "plan.json", {"plan": result.plan, "prune": info})
+        atomic_write(ctx.run_dir / "pruned.pt", lambda p: torch.save(ctx.model.state_dict(), p))
         ctx.report["prune"] = info
+        record_pqi_after(ctx)  # the finetune stage updates it for the finetuned weights
 
     def restore(self, ctx: RunContext) -> None:
         saved = json.loads((ctx.run_dir / "plan.json").read_text())
         ctx.apply_masks(saved["plan"])
-        recalibrate_batchnorm(ctx)
+        ctx.model.load_state_dict(torch.load(ctx.run_dir / "pruned.pt", map_location="cpu", weights_only=True))
+        ctx.model.eval()
         ctx.report["prune"] = saved["prune"]

@@ -1,0 +1,212 @@
+"""--data: npz files, dataset factories, data-free mode, and the checks around them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deploycompress.context import _load_data, build_context
+from deploycompress.data import load_factory_data, load_npz, random_data
+from deploycompress.errors import UserError
+from deploycompress.recipe import RunConfig
+
+LINEAR_FACTORY = "from torch import nn\ndef make(num_classes=3):\n    return nn.Linear(4, num_classes)\n"
+
+
+def write_npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def xy(n: int = 50, features: int = 4, classes: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, features)).astype(np.float32), rng.integers(0, classes, n)
+
+
+def test_npz_with_explicit_splits(tmp_path):
+    x, y = xy()
+    bundle = load_npz(write_npz(tmp_path / "d.npz", x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:]))
+    assert bundle.x_train.shape == (40, 4) and bundle.x_test.shape == (10, 4)
+    assert bundle.x_train.dtype == torch.float32 and bundle.y_train.dtype == torch.long
+    assert bundle.num_classes == int(y.max()) + 1 and bundle.input_shape == (1, 4) and bundle.name == "d"
+
+
+def test_npz_x_y_split_is_deterministic(tmp_path):
+    x, y = xy(100)
+    path = write_npz(tmp_path / "d.npz", x=x, y=y)
+    a, b, c = load_npz(path, seed=0), load_npz(path, seed=0), load_npz(path, seed=1)
+    assert len(a.x_train) == 80 and len(a.x_test) == 20
+    assert torch.equal(a.x_test, b.x_test) and not torch.equal(a.x_test, c.x_test)
+    # every sample lands in exactly one split
+    together = torch.cat([a.x_train, a.x_test])
+    assert sorted(together[:, 0].tolist()) == sorted(x[:, 0].tolist())
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"a": np.zeros(3)}, "needs arrays x_train, y_train, x_test, y_test"),
+    ({"x": np.zeros((4, 2)), "y": np.zeros(3, dtype=np.int64)}, "x has 4 rows but y has 3"),
+    ({"x": np.full((5, 2), np.nan, dtype=np.float32), "y": np.zeros(5, dtype=np.int64)}, "NaN or Inf"),
+    ({"x": np.zeros((5, 2)), "y": np.zeros(5)}, "integer class labels"),
+    ({"x": np.zeros((5, 2)), "y": -np.ones(5, dtype=np.int64)}, "negative labels"),
+    ({"x_train": np.zeros((5, 2)), "y_train": np.zeros(5, dtype=int), "x_test": np.zeros((2, 3)),
+      "y_test": np.zeros(2, dtype=int)}, "train samples have shape"),
+])
+def test_npz_problems_are_named(tmp_path, arrays, message):
+    with pytest.raises(UserError, match=message):
+        load_npz(write_npz(tmp_path / "d.npz", **arrays))
+
+
+def test_unreadable_npz(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    with pytest.raises(UserError, match="not a readable npz"):
+        load_npz(tmp_path / "bad.npz")
+    with pytest.raises(UserError, match="data file not found"):
+        load_npz(tmp_path / "absent.npz")
+
+
+DATA_FACTORIES = '''
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+g = torch.Generator().manual_seed(0)
+X = torch.randn(30, 2, 5, generator=g)
+Y = torch.randint(0, 4, (30,), generator=g)
+
+
+class Pairs(Dataset):
+    """A plain map-style Dataset yielding (tensor, int) pairs, as most user datasets do."""
+
+    def __init__(self, start, stop):
+        self.start, self.stop = start, stop
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __getitem__(self, i):
+        return X[self.start + i], int(Y[self.start + i])
+
+
+def tensor_datasets():
+    return TensorDataset(X[:24], Y[:24]), TensorDataset(X[24:], Y[24:])
+
+
+def pair_datasets(seed=0):
+    return Pairs(0, 24), Pairs(24, 30)
+
+
+def one_dataset():
+    return Pairs(0, 30)
+
+
+def unlabelled():
+    return TensorDataset(X[:24]), TensorDataset(X[24:])
+
+
+def ragged():
+    return [torch.zeros(3), torch.zeros(4)], [torch.zeros(3)]
+
+
+def not_datasets():
+    return 42
+
+
+def float_labels():
+    return TensorDataset(X[:24], Y[:24].float()), TensorDataset(X[24:], Y[24:].float())
+'''
+
+
+@pytest.fixture
+def factories(tmp_path) -> Path:
+    path = tmp_path / "my_data.py"
+    path.write_text(DATA_FACTORIES)
+    return path
+
+
+@pytest.mark.parametrize("name", ["tensor_datasets", "pair_datasets"])
+def test_factory_train_test_datasets(factories, name):
+    bundle = load_factory_data(f"{factories}:{name}")
+    assert bundle.x_train.shape == (24, 2, 5) and bundle.x_test.shape == (6, 2, 5)
+    assert bundle.y_train.dtype == torch.long and bundle.has_labels and bundle.name == name
+    assert bundle.input_shape == (1, 2, 5) and bundle.num_classes >= 2
+
+
+def test_factory_datasets_match_between_forms(factories):
+    a = load_factory_data(f"{factories}:tensor_datasets")
+    b = load_factory_data(f"{factories}:pair_datasets")
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+
+
+def test_factory_single_dataset_is_split(factories):
+    bundle = load_factory_data(f"{factories}:one_dataset", seed=0)
+    assert len(bundle.x_train) == 24 and len(bundle.x_test) == 6
+
+
+def test_factory_without_labels(factories):
+    bundle = load_factory_data(f"{factories}:unlabelled")
+    assert not bundle.has_labels and bundle.num_classes is None and len(bundle.x_test) == 6
+
+
+@pytest.mark.parametrize("name,message", [
+    ("ragged", "samples differ in shape"),
+    ("not_datasets", "returned int; expected \\(train, test\\) datasets"),
+    ("float_labels", "integer class labels"),
+    ("missing", "no callable named 'missing'"),
+])
+def test_factory_problems_are_named(factories, name, message):
+    with pytest.raises(UserError, match=message):
+        load_factory_data(f"{factories}:{name}")
+
+
+def config(tmp_path, **overrides) -> RunConfig:
+    model = tmp_path / "linear.py"
+    model.write_text(LINEAR_FACTORY)
+    return RunConfig(**{"model": f"{model}:make", "out": str(tmp_path / "run"), **overrides})
+
+
+def test_context_loads_a_data_factory(tmp_path, factories):
+    cfg = config(tmp_path, data=f"{factories}:tensor_datasets")
+    bundle = _load_data(cfg, None)
+    assert bundle.x_train.shape == (24, 2, 5)
+
+
+def test_data_free_needs_an_input_shape(tmp_path):
+    with pytest.raises(UserError, match="--input-shape is required"):
+        build_context(config(tmp_path, data="none"), tmp_path)
+    ctx = build_context(config(tmp_path, data="none", input_shape="1,4"), tmp_path)
+    assert ctx.data.name == "random" and not ctx.data.has_labels
+    assert ctx.report["accuracy"]["dense"] is None
+
+
+def test_input_shape_must_agree_with_the_data(tmp_path):
+    x, y = xy()
+    data = write_npz(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(UserError, match="does not match the data's samples \\(4,\\)"):
+        build_context(config(tmp_path, data=str(data), input_shape="1,5"), tmp_path)
+    ctx = build_context(config(tmp_path, data=str(data)), tmp_path)  # the data gives the shape
+    assert tuple(ctx.example_input.shape) == (1, 4) and ctx.data.has_labels
+
+
+def test_labels_beyond_the_model_outputs(tmp_path):
+    x, _ = xy()
+    data = write_npz(tmp_path / "d.npz", x=x, y=np.full(len(x), 7))
+    model = tmp_path / "fixed.py"
+    model.write_text("from torch import nn\ndef make():\n    return nn.Linear(4, 3)\n")
+    with pytest.raises(UserError, match="labels go up to 7 but the model has 3 outputs"):
+        build_context(RunConfig(model=f"{model}:make", data=str(data)), tmp_path)
+
+
+def test_invalid_ignore_regex(tmp_path):
+    with pytest.raises(UserError, match="--ignore '\\(' is not a valid regular expression"):
+        build_context(config(tmp_path, data="none", input_shape="1,4", ignore="("), tmp_path)
+
+
+def test_unknown_data_source(tmp_path):
+    with pytest.raises(UserError, match="expected a built-in dataset .*file.py:factory"):
+        _load_data(config(tmp_path, data="imagenet"), None)
+
+
+def test_random_data_is_seeded():
+    a, b = random_data((1, 3, 4), count=20, seed=1), random_data((1, 3, 4), count=20, seed=1)
+    assert torch.equal(a.x_train, b.x_train) and a.x_train.shape[1:] == (3, 4) and a.y_train is None

@@ -1,0 +1,147 @@
+"""Determinism and noisy clocks.
+
+- The same inputs and seed give the same allocation: two prune stages of the default policy (SPDY, whose
+  coefficient search is random) over the same dense model choose the same plan. Whole-model
+  measurements are cached on disk (allocation/base.py SpeedupMeter), so the second run reads the
+  figures the first one measured instead of re-timing a noisy clock.
+- A latency figure carries its spread, a noisy one is measured again, and one still too noisy is
+  reported untrusted, never a pass: the profile stage over a fake runtime.compare, then
+  `deploycompress check` on the report it leads to.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from deploycompress.cli import main
+from deploycompress.context import build_context
+from deploycompress.data import DataBundle
+from deploycompress.fileio import write_json
+from deploycompress.latency import runtime
+from deploycompress.recipe import build_config
+from deploycompress.report import build_report
+from deploycompress.stages.profile import MAX_REPEATS, ProfileStage
+from deploycompress.stages.prune import PruneStage
+
+NET_PY = '''
+from torch import nn
+
+
+def make(num_classes=10):
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(64, 48, 3, padding=1), nn.BatchNorm2d(48), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, num_classes),
+    )
+'''
+
+
+@pytest.fixture
+def user_files(tmp_path, monkeypatch) -> dict:
+    (tmp_path / "net.py").write_text(NET_PY)
+    namespace: dict = {}
+    exec(NET_PY, namespace)  # noqa: S102 - our own test model
+    torch.manual_seed(0)
+    torch.save(namespace["make"]().state_dict(), tmp_path / "weights.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.standard_normal((160, 3, 16, 16)).astype(np.float32),
+             y=rng.integers(0, 10, 160))
+    monkeypatch.setenv("DEPLOYCOMPRESS_CACHE", str(tmp_path / "cache"))  # fresh: the first run measures
+    return {"model": f"{tmp_path}/net.py:make", "weights": str(tmp_path / "weights.pt"),
+            "data": str(tmp_path / "data.npz")}
+
+
+def prune_once(files: dict, out: Path, seed: int) -> tuple[dict, dict]:
+    config = build_config(None, {**files, "target_speedup": 1.4, "seed": seed, "out": str(out),
+                                 "prune": {"policy": "spdy", "search_rounds": 5, "spdy_evaluations": 8,
+                                           "calibration_samples": 64}})
+    out.mkdir()
+    ctx = build_context(config, out)
+    PruneStage().run(ctx)
+    saved = json.loads((out / "plan.json").read_text())
+    return saved["plan"], saved["prune"]
+
+
+def test_same_inputs_and_seed_give_the_same_allocation(user_files, tmp_path):
+    first, info = prune_once(user_files, tmp_path / "first", seed=7)
+    second, again = prune_once(user_files, tmp_path / "second", seed=7)
+    assert second == first
+    assert again["candidates"] == info["candidates"]  # the same measured figures behind each decision
+    assert again["details"]["coefficients"] == info["details"]["coefficients"]
+    # ... and a real plan, pruned to the target, not the dense model
+    assert any(len(first[layer["name"]]) < layer["channels_before"] for layer in info["layers"])
+    assert info["search_speedup"] >= 1.4
+
+
+# --- noisy clocks -------------------------------------------------------------------------------
+
+
+def comparison(speedup: float, ci: tuple[float, float], ratio_spread: float = 0.03) -> runtime.Comparison:
+    dense = runtime.LatencyStats(2.0, 2.1, 1.9, 0.05, 5)
+    compressed = runtime.LatencyStats(2.0 / speedup, 2.1 / speedup, 1.9 / speedup, 0.05, 5)
+    return runtime.Comparison(dense, compressed, speedup, ci[0], ci[1], ratio_spread, [speedup] * 5)
+
+
+def profile_with(monkeypatch, tmp_path: Path, results: list[runtime.Comparison], target: float = 2.0):
+    """ProfileStage.run over a fake runtime whose compare() returns `results` in turn."""
+    calls: list[int] = []
+
+    def fake_compare(dense, compressed, feed, rounds=30, warmup=10):
+        calls.append(rounds)
+        return results[min(len(calls), len(results)) - 1]
+
+    monkeypatch.setattr(runtime, "make_session", lambda *args, **kwargs: object())
+    monkeypatch.setattr(runtime, "random_feed", lambda *args, **kwargs: {})
+    monkeypatch.setattr(runtime, "compare", fake_compare)
+    config = build_config(None, {"target_speedup": target, "profile": {"rounds": 5}})
+    x = torch.zeros(4, 1, 16, 16)
+    ctx = SimpleNamespace(config=config, run_dir=tmp_path, report={},
+                          data=DataBundle("digits", x, None, x, None, None))
+    ProfileStage().run(ctx)
+    report = build_report(ctx, [{"name": "profile", "seconds": 1.0, "resumed": False}], 1.0)
+    path = write_json(tmp_path / "report.json", report)
+    return report, calls, path
+
+
+def check_exit(args: list) -> int:
+    try:
+        main(["check", *[str(a) for a in args]])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_a_measurement_too_noisy_after_repeats_is_untrusted_never_a_pass(monkeypatch, tmp_path, capsys):
+    report, calls, path = profile_with(monkeypatch, tmp_path, [comparison(2.4, (1.6, 3.3))])
+    assert calls == [5, 10, 20][: 1 + MAX_REPEATS]  # measured again, with twice the rounds each time
+    assert report["target_met"] is None  # 2.4x measured, but the clock could not be trusted
+    speedup = report["speedup"]
+    assert speedup["trusted"] is False and speedup["ci95"] == [1.6, 3.3] and speedup["ratio_spread"] == 0.03
+    assert [a["rounds"] for a in speedup["attempts"]] == calls
+    capsys.readouterr()
+    assert check_exit([path]) == 1
+    assert check_exit([path, "--min-speedup", "2.0"]) == 1  # an explicit bar does not make it a pass
+    out = capsys.readouterr().out
+    assert "FAIL speedup measurement is marked untrusted" in out
+
+
+def test_a_wide_spread_of_rounds_is_untrusted_like_check_says(monkeypatch, tmp_path, capsys):
+    """A narrow interval over rounds that disagree (per-round ratio spread 40%) is no verdict either."""
+    report, calls, path = profile_with(monkeypatch, tmp_path, [comparison(2.4, (2.35, 2.45), ratio_spread=0.4)])
+    assert len(calls) == 1 + MAX_REPEATS and report["target_met"] is None and report["speedup"]["trusted"] is False
+    assert check_exit([path]) == 1
+
+
+def test_a_noisy_first_measurement_is_repeated_and_the_second_stands(monkeypatch, tmp_path, capsys):
+    report, calls, path = profile_with(monkeypatch, tmp_path, [comparison(2.6, (1.5, 3.5)),
+                                                              comparison(2.3, (2.25, 2.36))])
+    assert calls == [5, 10]
+    assert report["speedup"]["trusted"] is True and report["speedup"]["measured"] == 2.3
+    assert report["target_met"] is True and len(report["speedup"]["attempts"]) == 2
+    assert check_exit([path]) == 0
