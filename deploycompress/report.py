@@ -146,10 +146,17 @@ def _notes_and_pqi_lines(report: dict) -> list[str]:
     trajectory = details.get("pqi_trajectory")
     if trajectory:
         turn = details.get("pqi_turns_upward_at_round")
+        rounds = [t for t in trajectory if t["round"] != "final"]
+        if turn:
+            verdict = f"Here it turns upward at round {turn}."
+        elif len(rounds) > 1 and rounds[1]["pqi_mean"] > rounds[0]["pqi_mean"]:
+            verdict = "Here it rises from the first round on (it never fell first)."
+        else:
+            verdict = "Here it never turns upward."
         lines += ["", "## PQ Index per round", "",
                   "Mean PQI of the surviving channels' scores at the start of each round. Where it turns upward "
-                  "the scores stop getting more uniform: the paper's sign that pruning nears the model's limit. "
-                  + (f"Here it turns upward at round {turn}." if turn else "Here it never turns upward."), "",
+                  "after falling, the scores stop getting more uniform: the paper's sign that pruning nears the "
+                  "model's limit. " + verdict, "",
                   "| round | mean PQI at start | kept after the round | measured speedup |", "|---|---:|---:|---:|"]
         lines += [f"| {t['round']} | {t['pqi_mean']:.3g} | {_fmt(t.get('kept_fraction'), '.0%')} | "
                   f"{_fmt(t.get('speedup'), '.2f', 'x')} |" for t in trajectory]

@@ -86,6 +86,7 @@ def test_turning_round_finds_where_pqi_rises_after_falling():
     rows = [{"round": i + 1, "pqi_mean": v} for i, v in enumerate([0.3, 0.2, 0.1, 0.15, 0.05])]
     assert turning_round(rows) == 4
     assert turning_round([{"round": 1, "pqi_mean": 0.1}, {"round": 2, "pqi_mean": 0.05}]) is None
+    assert turning_round([{"round": 1, "pqi_mean": 0.05}, {"round": 2, "pqi_mean": 0.1}]) is None  # never fell
 
 
 class _WidthMeter:
@@ -162,5 +163,8 @@ def test_dsm_scores_and_penalty_in_finetuning(tmp_path):
     report = _run(tmp_path, importance="dsm", regularizer="dsm", epochs=1, regularize_epochs=0.1)
     _assert_meets_target(report)
     assert report["finetune"]["regularizer"] == "dsm" and len(report["finetune"]["losses"]) == 1
+    # the prior's Dirichlet term (1 - alpha) * sum log phi is negative and dwarfs the data loss, so a loss
+    # below zero shows the penalty really is in the finetuning loss
+    assert report["finetune"]["losses"][0] < 0
     saved = json.loads((tmp_path / "uniform-dsm-dsm" / "plan.json").read_text())
     assert saved["prune"]["importance"] == "dsm"

@@ -50,19 +50,16 @@ def layer_pqi(graph: GroupGraph, plan: Plan | None = None, p: float = 0.5, q: fl
 
 
 def turning_round(trajectory: list[dict]) -> int | None:
-    """The first round whose mean PQI rises above the previous round's after having fallen (or the
-    first rise at all, if it never fell): where pruning starts to remove more than it regularises."""
+    """The first round whose mean PQI rises above the previous round's after having fallen: where
+    pruning starts to remove more than it regularises. None if it never falls and then rises."""
     means = [t["pqi_mean"] for t in trajectory]
     fell = False
-    first_rise = None
     for k in range(1, len(means)):
         if means[k] < means[k - 1] - 1e-9:
             fell = True
-        elif means[k] > means[k - 1] + 1e-9:
-            if fell:
-                return trajectory[k]["round"]
-            first_rise = first_rise or trajectory[k]["round"]
-    return first_rise
+        elif means[k] > means[k - 1] + 1e-9 and fell:
+            return trajectory[k]["round"]
+    return None
 
 
 @policies.register("sap")

@@ -13,7 +13,7 @@ gradient evaluations (220 s instead of ~30 s for the default model). With chunk 
 research.dcp.dcp_greedy_input_channels (a test checks it).
 
 Kept affordable, and adapted where the paper's setting does not fit a per-group criterion:
-- L_S comes from an auxiliary head *right after the consumer* (BN -> ReLU -> global average pool ->
+- L_S comes from an auxiliary head *right after the consumer* (global average pool -> BN -> ReLU ->
   linear -> cross-entropy), trained briefly on the calibration set with the model frozen. The paper
   places P heads at segment ends and fine-tunes the network with them; a head at the layer itself
   keeps the gradient of L_S with respect to the layer's weights one layer deep. A linear consumer
@@ -83,7 +83,11 @@ def chunked_greedy(x: torch.Tensor, dense_weight: torch.Tensor, chunk: int, extr
 
 
 class AuxiliaryHead(nn.Module):
-    """BN -> ReLU -> global average pool -> linear, on a feature map [N, C, ...] or features [N, C]."""
+    """Global average pool -> BN -> ReLU -> linear, on a feature map [N, C, ...] or features [N, C].
+
+    The paper's head is BN -> ReLU -> pool -> linear; pooling first (our change) makes the head a
+    function of C numbers per sample, so it trains in a blink on cached features.
+    """
 
     def __init__(self, channels: int, classes: int):
         super().__init__()
@@ -96,11 +100,8 @@ class AuxiliaryHead(nn.Module):
 
 
 def train_head(features: torch.Tensor, labels: torch.Tensor, classes: int, seed: int = 0) -> AuxiliaryHead:
-    """Fit a head on frozen features; returned in eval mode so L_S is a fixed function of them.
-
-    BN before the pool (as the paper has it) and after it agree up to the pool's linearity for the
-    statistics; pooling first keeps the head cheap, and the ReLU then acts on pooled channels.
-    """
+    """Fit a head on frozen features; returned in eval mode (fixed BN statistics, frozen parameters)
+    so that L_S is a fixed function of the layer's output while the greedy selection differentiates it."""
     torch.manual_seed(seed)
     head = AuxiliaryHead(features.shape[1], classes)
     optimizer = torch.optim.Adam(head.parameters(), lr=HEAD_LR)
