@@ -89,7 +89,16 @@ def fit_affine(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def build_latency_model(problem) -> LatencyModel:
-    """Profile the model's ladder of uniform widths (or read it from the cache) and wrap it."""
+    """Profile the model's ladder of uniform widths (or read it from the cache) and wrap it in a fresh
+    LatencyModel (fitted to the dense point only). The table is built once per problem."""
+    parts = getattr(problem, "_latency_parts", None)
+    if parts is None:
+        parts = problem._latency_parts = _latency_parts(problem)
+    operators, curves, channels, unit_sizes = parts
+    return LatencyModel(operators, curves, channels, problem.meter.dense_ms, unit_sizes)
+
+
+def _latency_parts(problem):
     meter = problem.meter
     fingerprint = runtime.runtime_fingerprint(meter.threads, meter.batch_size, meter.device)
     table = LatencyTable(fingerprint, LatencyTable.cache_file(cache_dir(), fingerprint))
@@ -111,4 +120,4 @@ def build_latency_model(problem) -> LatencyModel:
     problem.notes.append(f"latency table: {len(operators)} operators, {len(ladder)} ladder variants, "
                          f"{table.variants_profiled} profiled now (the rest cached)")
     problem.latency_table_variants_profiled = table.variants_profiled
-    return LatencyModel(operators, curves, channels, meter.dense_ms, unit_sizes)
+    return operators, curves, channels, unit_sizes
