@@ -32,7 +32,7 @@ class Measurement:
     spread: float
 
 
-CACHEABLE_RATIO_SPREAD = 0.25
+CACHEABLE_RATIO_SPREAD = 0.5
 
 
 def model_digest(model: nn.Module, example_input: torch.Tensor) -> str:
