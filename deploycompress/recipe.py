@@ -48,7 +48,7 @@ class PruneConfig:
     calibration_samples: int = 256
     max_overshoot: float = 0.10  # measured speedup may exceed the target by at most this fraction
     search_rounds: int = 15  # measured-latency rounds per candidate in the search
-    spdy_evaluations: int = 60  # calibration-loss evaluations in SPDY's coefficient search
+    spdy_evaluations: int = 100  # calibration-loss evaluations in SPDY's coefficient search
     # Reuse whole-model latency measurements cached from earlier runs of the same dense model (same
     # runtime fingerprint): the same inputs and seed then give the same allocation.
     reuse_measurements: bool = True

@@ -17,7 +17,10 @@ class FakeMeter:
         self.dense_cost = sum(c * c for c in self.dense.values())
         self.history = []
 
-    def measure(self, plan, fresh=False):
+    def confirm(self, plan):
+        return self.measure(plan, fresh=True)
+
+    def measure(self, plan, fresh=False, rounds=None):
         widths = {name: len(kept) for name, kept in plan.items()}
         speedup = self.dense_cost / sum(w * w for w in widths.values())
         self.history.append(Measurement(widths, speedup, 1.0 / speedup, 0.0))

@@ -93,7 +93,12 @@ class SpeedupMeter:
     def build(self, plan: Plan) -> nn.Module:
         return apply_plan(copy.deepcopy(self.dense), self.example_input, plan)
 
-    def measure(self, plan: Plan, fresh: bool = False) -> Measurement:
+    def confirm(self, plan: Plan) -> Measurement:
+        """A longer, fresh measurement (three times the rounds) of a plan about to be chosen: the final
+        profile measures with many rounds too, and the choice must still hold there."""
+        return self.measure(plan, fresh=True, rounds=self.rounds * 3)
+
+    def measure(self, plan: Plan, fresh: bool = False, rounds: int | None = None) -> Measurement:
         """Speedup of `plan` over dense; `fresh` re-measures even when a cached figure exists (used before
         a verdict such as "out of reach", which a single stale outlier must not decide)."""
         widths = {name: len(kept) for name, kept in plan.items()}
@@ -101,7 +106,7 @@ class SpeedupMeter:
         if fresh or key not in self._cache:
             session = runtime.make_session(export_bytes(self.build(plan), self.example_input), self.threads,
                                            self.device)
-            result = runtime.compare(self.dense_session, session, self.feed, rounds=self.rounds, warmup=5)
+            result = runtime.compare(self.dense_session, session, self.feed, rounds=rounds or self.rounds, warmup=5)
             # Stored relative to the reference dense latency: absolute times drift, the ratio holds.
             self._cache[key] = Measurement(widths, result.speedup, self.dense_ms / result.speedup,
                                            result.ratio_spread)
@@ -110,8 +115,7 @@ class SpeedupMeter:
             if result.ratio_spread <= CACHEABLE_RATIO_SPREAD:
                 self._save_cache()
         measurement = self._cache[key]
-        if measurement not in self.history:
-            self.history.append(measurement)
+        self.history = [m for m in self.history if m.widths != widths] + [measurement]
         return measurement
 
 
@@ -125,7 +129,7 @@ class AllocationProblem:
     meter: SpeedupMeter
     calibration_loss: Callable[[Plan], float]
     seed: int
-    spdy_evaluations: int = 60  # calibration-loss evaluations in SPDY's coefficient search
+    spdy_evaluations: int = 100  # calibration-loss evaluations in SPDY's coefficient search
     # The search aims a little above the target so that the final, longer measurement still meets it.
     margin: float = 0.03
     notes: list[str] = field(default_factory=list)
@@ -182,6 +186,8 @@ def search_monotone(problem: AllocationProblem, family: Callable[[float], dict[s
         result = problem.meter.measure(problem.plan_from_widths(family(r)))
         bar.update(1)
         bar.set_postfix(keep=f"{r:.3f}", speedup=f"{result.speedup:.2f}x")
+        if result.speedup >= goal and result.speedup <= ceiling:
+            result = problem.meter.confirm(problem.plan_from_widths(family(r)))
         if result.speedup >= goal:
             best_r, best, low = r, result, r
             if result.speedup <= ceiling:

@@ -296,6 +296,7 @@ def coefficient_search(
     patience: int = 100,
     on_step: Callable[[int, float], None] | None = None,
     max_evaluations: int | None = None,
+    seeds: Sequence[np.ndarray] = (),
 ) -> SearchResult:
     """Shrinking-neighbourhood random search over ``c in [0, 1]^L`` (minimises ``score``).
 
@@ -315,7 +316,8 @@ def coefficient_search(
     of the gain comes from once a reasonable start is found, still runs; the
     search then stops as soon as the cap is reached and returns the best so
     far.  ``on_step(evaluations, best_score)`` is called after every score
-    call.
+    call.  ``seeds`` are informed starting points (clipped to [0, 1]) evaluated
+    before the random draws and counted among them.
     """
     num_units = int(num_units)
     if num_units < 1:
@@ -346,9 +348,10 @@ def coefficient_search(
         if on_step is not None:
             on_step(evaluations, best_s)
 
-    # Phase 1: global random draws.
-    for _ in range(n_init):
-        c = rng.uniform(0.0, 1.0, size=num_units)
+    # Phase 1: the caller's seeds, then global random draws.
+    seeds = [np.clip(np.asarray(c, dtype=float), 0.0, 1.0) for c in seeds]
+    for i in range(max(n_init, len(seeds))):
+        c = seeds[i] if i < len(seeds) else rng.uniform(0.0, 1.0, size=num_units)
         s = evaluate(c)
         if best_c is None or s < best_s:
             best_c, best_s = c, s
