@@ -109,3 +109,16 @@ def fallback_note(criterion: str, without: list[str]) -> str | None:
         return None
     return (f"{criterion}: no single consumer layer for {len(without)} group(s) ({', '.join(without)}); "
             f"scored them by L2 magnitude")
+
+
+def prepare_blocks(scoring, criterion: str, x: torch.Tensor) -> tuple[dict[str, Block], dict[nn.Module, torch.Tensor]]:
+    """The blocks a block-wise criterion can score, their consumers' cached inputs on `x`, and (once)
+    a note naming the groups that fall back to L2 because no single consumer could be isolated."""
+    blocks, without = find_blocks(scoring.graph)
+    consumers = list({b.consumer: None for b in blocks.values()})
+    inputs = capture_inputs(scoring.model, consumers, x)
+    note = fallback_note(criterion, without)
+    if note and note not in scoring.notes:
+        scoring.notes.append(note)
+        print(f"prune: {note}")
+    return blocks, inputs

@@ -30,7 +30,7 @@ from torch import nn
 from ..graph import ChannelGroup
 from ..importance import Criterion, ScoringContext, criteria, magnitude_scores
 from ..research.dcp import column_norms, layer_output, reconstruction_loss
-from .blocks import Block, capture_inputs, fallback_note, find_blocks
+from .blocks import Block, prepare_blocks
 
 MAX_SAMPLES = 64
 HEAD_STEPS = 60  # full-batch Adam steps for an auxiliary head on cached features
@@ -160,25 +160,19 @@ class DCP(Criterion):
     """Greedy discrimination-aware selection order as scores: (C - position) / C, first pick = 1."""
 
     def prepare(self, scoring: ScoringContext) -> None:
-        self.blocks, without = find_blocks(scoring.graph)
         x = scoring.calibration[:MAX_SAMPLES]
+        self.blocks, self.inputs = prepare_blocks(scoring, "dcp", x)
         if scoring.labels is not None:
             self.labels = scoring.labels[:MAX_SAMPLES]
         else:  # data-free: discriminate what the dense model predicts
             self.labels = scoring.teacher_logits[:MAX_SAMPLES].argmax(1)
         self.classes = int(scoring.teacher_logits.shape[1])
         self.chunk = max(1, scoring.channel_multiple)
-        consumers = list({b.consumer: None for b in self.blocks.values()})
-        self.inputs = capture_inputs(scoring.model, consumers, x)
         with torch.no_grad():
             logits = scoring.model.eval()(x)
         outputs = {b.consumer for b in self.blocks.values() if isinstance(b.consumer, nn.Linear)
                    and b.consumer.out_features == logits.shape[1]}
         self.is_output = outputs
-        note = fallback_note("dcp", without)
-        if note and note not in scoring.notes:
-            scoring.notes.append(note)
-            print(f"prune: {note}")
 
     def __call__(self, group: ChannelGroup) -> torch.Tensor:
         block = self.blocks.get(group.name)

@@ -20,12 +20,11 @@ without a single consumer layer (residual stages) fall back to L2 magnitude, sai
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..graph import ChannelGroup
 from ..importance import Criterion, ScoringContext, criteria, magnitude_scores
 from ..research.ispasp import ispasp_select
-from .blocks import Block, capture_inputs, consumer_view, fallback_note, find_blocks, width_grid
+from .blocks import Block, consumer_view, prepare_blocks, width_grid
 
 MAX_SAMPLES = 128  # calibration samples cached per block: enough for the residual, cheap to iterate on
 ITERATIONS = 20  # T in the paper
@@ -65,15 +64,8 @@ class ISpaSP(Criterion):
     """i-SpaSP selections replayed as scores: selected channels first, then by activation."""
 
     def prepare(self, scoring: ScoringContext) -> None:
-        self.blocks, without = find_blocks(scoring.graph)
         self.multiple = scoring.channel_multiple
-        consumers = list({b.consumer: None for b in self.blocks.values()})
-        self.inputs: dict[nn.Module, torch.Tensor] = capture_inputs(
-            scoring.model, consumers, scoring.calibration[:MAX_SAMPLES])
-        note = fallback_note("ispasp", without)
-        if note and note not in scoring.notes:
-            scoring.notes.append(note)
-            print(f"prune: {note}")
+        self.blocks, self.inputs = prepare_blocks(scoring, "ispasp", scoring.calibration[:MAX_SAMPLES])
 
     def __call__(self, group: ChannelGroup) -> torch.Tensor:
         block = self.blocks.get(group.name)
