@@ -30,6 +30,7 @@ class Measurement:
     speedup: float
     latency_ms: float
     spread: float
+    rounds: int = 0  # interleaved rounds behind the figure (0: unknown, from an older cache)
 
 
 CACHEABLE_RATIO_SPREAD = 0.5
@@ -96,26 +97,34 @@ class SpeedupMeter:
     def confirm(self, plan: Plan) -> Measurement:
         """A longer, fresh measurement (three times the rounds) of a plan about to be chosen: the final
         profile measures with many rounds too, and the choice must still hold there."""
-        return self.measure(plan, fresh=True, rounds=self.rounds * 3)
+        return self.measure(plan, rounds=self.rounds * 3)
 
     def measure(self, plan: Plan, fresh: bool = False, rounds: int | None = None) -> Measurement:
         """Speedup of `plan` over dense; `fresh` re-measures even when a cached figure exists (used before
         a verdict such as "out of reach", which a single stale outlier must not decide)."""
         widths = {name: len(kept) for name, kept in plan.items()}
-        key = json.dumps(sorted(widths.items()))
+        rounds = rounds or self.rounds
+        # Keyed by widths and rounds: a search figure and a longer confirmation of the same plan are
+        # separate entries, so a later run with the same seed reads each where the first run took it.
+        key = json.dumps([sorted(widths.items()), rounds])
         if fresh or key not in self._cache:
             session = runtime.make_session(export_bytes(self.build(plan), self.example_input), self.threads,
                                            self.device)
-            result = runtime.compare(self.dense_session, session, self.feed, rounds=rounds or self.rounds, warmup=5)
+            result = runtime.compare(self.dense_session, session, self.feed, rounds=rounds, warmup=5)
             # Stored relative to the reference dense latency: absolute times drift, the ratio holds.
             self._cache[key] = Measurement(widths, result.speedup, self.dense_ms / result.speedup,
-                                           result.ratio_spread)
+                                           result.ratio_spread, rounds)
             # Only measurements whose rounds agreed are kept for later runs: a noisy outlier must not
             # become a permanent figure.
             if result.ratio_spread <= CACHEABLE_RATIO_SPREAD:
                 self._save_cache()
         measurement = self._cache[key]
-        self.history = [m for m in self.history if m.widths != widths] + [measurement]
+        # First-measured order, latest figure: the candidate list reads the same in every run.
+        positions = [i for i, m in enumerate(self.history) if m.widths == widths]
+        if positions:
+            self.history[positions[0]] = measurement
+        else:
+            self.history.append(measurement)
         return measurement
 
 
