@@ -22,7 +22,8 @@ _DEBUG = "--debug" in sys.argv
 
 
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    # Before torch is imported: training uses both cores of the reference machine unless told otherwise.
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}")
     command = typer.main.get_command(app)
