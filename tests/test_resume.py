@@ -68,8 +68,11 @@ class Run:
     def __init__(self, args: list[str], env: dict, log: Path):
         self.log_path = log
         self.log = open(log, "wb")  # progress bars go to stderr: a file, never a pipe that could fill
+        # A test runner started in the background inherits an ignored SIGINT (shell job control) and
+        # would pass it on; a user's terminal delivers it, so the child gets the default disposition.
         self.process = subprocess.Popen([cli_executable(), "run", *args], stdout=subprocess.PIPE,
-                                        stderr=self.log, env=env)
+                                        stderr=self.log, env=env,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
