@@ -20,6 +20,17 @@ def cli_executable() -> str:
     return str(candidate) if candidate.exists() else shutil.which("deploycompress") or "deploycompress"
 
 
+def run_cli(args: list) -> int:
+    """`deploycompress ARGS` in this process; its exit code (0 when it returns normally)."""
+    from deploycompress.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
 @pytest.fixture(scope="session")
 def cli() -> str:
     return cli_executable()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deploycompress.cli import main
+from conftest import run_cli
 from deploycompress.gate import Bars, check_report, load_report
 from deploycompress.errors import UserError
 
@@ -44,14 +44,6 @@ def write(tmp_path: Path, report) -> Path:
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
     return path
-
-
-def run_cli(args: list) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def test_good_report_meets_all_bars():

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from deploycompress.cli import compare as compare_cli
-from deploycompress.cli import main
+from conftest import run_cli
 from deploycompress.gate import measurement_problem
 from deploycompress.latency import runtime
 from deploycompress.onnx_export import export_bytes
@@ -33,14 +33,6 @@ def models(tmp_path_factory):
         paths[name] = folder / f"{name}.onnx"
         paths[name].write_bytes(export_bytes(net, x))
     return paths
-
-
-def run_cli(args: list) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def _fake_comparison(speedup: float, ci: tuple[float, float], spread: float) -> runtime.Comparison:
