@@ -102,8 +102,7 @@ def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device:
         feed = runtime.random_feed(session, batch)
         for _ in range(5):
             session.run(None, feed)
-        per_run = max(runtime._time_runs(session, feed, 3), 1e-3)
-        runs = max(PROFILE_MIN_RUNS, min(1000, int(PROFILE_TARGET_MS / per_run)))
+        runs = max(PROFILE_MIN_RUNS, runtime.calibrate_runs(session, feed, target_ms=PROFILE_TARGET_MS))
         for _ in range(runs):
             session.run(None, feed)
         path = session.end_profiling()
