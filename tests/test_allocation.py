@@ -69,3 +69,46 @@ def test_unknown_policy_is_a_user_error():
 
     with pytest.raises(UserError, match="unknown allocation policy"):
         policies.get("spyd")
+
+
+def _squares_speedup(dense: dict[str, int]):
+    cost = sum(w * w for w in dense.values())
+    return lambda widths: cost / sum(w * w for w in widths.values())
+
+
+def test_widen_into_window_lands_between_goal_and_ceiling():
+    from deploycompress.allocation.spdy import widen_into_window
+
+    levels = {"a": [64, 56, 48, 40, 32, 24, 16, 8], "b": [32, 24, 16, 8], "c": [128, 112, 96, 80, 64, 48, 32, 16]}
+    speedup = _squares_speedup({k: v[0] for k, v in levels.items()})
+    start = {"a": 16, "b": 8, "c": 32}  # about 14.6x: far above the window [3, 3.45]
+    errors = {k: [0.5 * (i / (len(v) - 1)) ** 2 for i in range(len(v))] for k, v in levels.items()}
+    measured = []
+
+    def measure(widths):
+        measured.append(widths)
+        return speedup(widths)
+
+    result = widen_into_window(start, speedup(start), levels, errors, speedup, measure, 3.0, 3.45, steps=40)
+    assert result is not None
+    assert 3.0 <= result[0] <= 3.45 and result[0] == speedup(result[1])
+    # Every step gave exactly one group exactly one level back.
+    previous = start
+    for widths in measured:
+        changed = [k for k in widths if widths[k] != previous[k]]
+        assert len(changed) == 1 and levels[changed[0]].index(widths[changed[0]]) == \
+            levels[changed[0]].index(previous[changed[0]]) - 1
+        if speedup(widths) > 3.45:
+            previous = widths
+
+
+def test_widen_into_window_gives_up_when_every_step_falls_below_goal():
+    from deploycompress.allocation.spdy import widen_into_window
+
+    levels = {"a": [64, 8]}  # one step back from 8 channels to 64 is far below the goal
+    speedup = _squares_speedup({"a": 64})
+    tried = []
+    result = widen_into_window({"a": 8}, 64.0, levels, {"a": [0.0, 1.0]}, speedup,
+                               lambda w: tried.append(w) or speedup(w), 10.0, 11.0, steps=5)
+    assert result is None
+    assert tried == [{"a": 64}]  # measured once, rejected, never measured again

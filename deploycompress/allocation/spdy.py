@@ -7,11 +7,15 @@ the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts
 3. DP (spdy_dp.solve_dp) under the budget B = T_base / X - (T_base - T_prunable).
 4. The additive table is an approximation (a conv between two pruned groups shrinks on both sides),
    so the solved plan is *measured*, and the speedup the DP aims for is corrected (secant steps, then
-   bisection) until the measured speedup lands in [target, target * (1 + max_overshoot)].
+   bisection) until the measured speedup lands in [target, target * (1 + max_overshoot)]. The DP's plan
+   jumps as the aim moves, so when every plan it proposed overshot, single-level widenings of the
+   least-overshooting plan close the gap (`widen_into_window`).
 5. The error coefficients c are searched (spdy_dp.coefficient_search) at that aim, each candidate
    scored by the calibration loss of the model masked to the DP's plan; then step 4 runs once more.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,6 +27,7 @@ from .spdy_dp import coefficient_search, prunable_budget, quadratic_errors, solv
 
 MAX_LEVELS = 16
 CALIBRATION_STEPS = 8
+POLISH_STEPS = 5
 
 
 def level_widths(channels: int, multiple: int, max_levels: int = MAX_LEVELS) -> list[int]:
@@ -37,6 +42,44 @@ def level_widths(channels: int, multiple: int, max_levels: int = MAX_LEVELS) -> 
         picks = np.linspace(0, len(widths) - 1, max_levels).round().astype(int)
         widths = [widths[i] for i in sorted(set(picks))]
     return widths
+
+
+def widen_into_window(start: dict[str, int], start_speedup: float, levels: dict[str, list[int]],
+                      errors: dict[str, list[float]], predict_speedup: Callable[[dict[str, int]], float],
+                      measure: Callable[[dict[str, int]], float], goal: float, ceiling: float,
+                      steps: int = POLISH_STEPS) -> tuple[float, dict[str, int]] | None:
+    """Walk from a plan measured above `ceiling` down into [goal, ceiling] by giving one group one level
+    back at a time. Each step takes the move expected to stay at or above `goal` that buys the most
+    error reduction per unit of speed given up (the expected speedup is the current measured one
+    scaled by the latency model's predicted ratio, so the model's absolute error cancels); a move
+    measured below `goal` is not tried again. Returns (speedup, widths) of the first plan measured in
+    the window, or None when `steps` measurements did not find one."""
+    current, current_speedup = dict(start), start_speedup
+    rejected: set[tuple] = set()
+    for _ in range(steps):
+        base = predict_speedup(current)
+        moves = []
+        for name, widths in levels.items():
+            k = widths.index(current[name])
+            trial = {**current, name: widths[k - 1]} if k > 0 else None
+            if trial is None or tuple(sorted(trial.items())) in rejected:
+                continue
+            expected = current_speedup * predict_speedup(trial) / base
+            lost = max(1 / expected - 1 / current_speedup, 1e-12)  # latency added, in units of dense latency
+            moves.append((expected >= goal, (errors[name][k] - errors[name][k - 1]) / lost, expected, trial))
+        if not moves:
+            return None
+        safe = [m for m in moves if m[0]]
+        # Nothing expected to stay above the goal: take the smallest step and let the measurement decide.
+        _, _, _, trial = max(safe, key=lambda m: m[1]) if safe else max(moves, key=lambda m: m[2])
+        speedup = measure(trial)
+        if speedup < goal:
+            rejected.add(tuple(sorted(trial.items())))
+        elif speedup <= ceiling:
+            return speedup, trial
+        else:
+            current, current_speedup = trial, speedup
+    return None
 
 
 @policies.register("spdy")
@@ -111,6 +154,21 @@ class SPDY(AllocationPolicy):
                 if best is not None and best[0] <= ceiling:
                     break
             progress.close()
+            if best is not None and best[0] > ceiling:
+                errors = quadratic_errors(coefficients, counts)
+                speedup, aim, widths = best
+
+                def measure_confirmed(trial: dict[str, int]) -> float:
+                    measured = measure(trial, aim, phase + " (widen)")
+                    if goal <= measured <= ceiling:
+                        measured = measure(trial, aim, phase + " (widen, confirm)", confirm=True)
+                    return measured
+
+                widened = widen_into_window(widths, speedup, levels,
+                                            {g.name: errors[i] for i, g in enumerate(groups)},
+                                            lambda w: t_base / model.predict_ms(w), measure_confirmed, goal, ceiling)
+                if widened is not None:
+                    best = (widened[0], aim, widened[1])
             return best
 
         c0 = np.full(len(groups), 0.5)
