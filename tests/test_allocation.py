@@ -112,3 +112,10 @@ def test_widen_into_window_gives_up_when_every_step_falls_below_goal():
                                lambda w: tried.append(w) or speedup(w), 10.0, 11.0, steps=5)
     assert result is None
     assert tried == [{"a": 64}]  # measured once, rejected, never measured again
+
+
+def test_search_window_keeps_a_margin_inside_both_ends_of_the_allowance():
+    goal, ceiling = _problem(2.0, overshoot=0.10).window
+    assert goal == pytest.approx(2.06) and ceiling == pytest.approx(2.14)
+    goal, ceiling = _problem(2.0, overshoot=0.05).window  # too narrow for two margins: the whole allowance
+    assert goal == pytest.approx(2.06) and ceiling == pytest.approx(2.10)

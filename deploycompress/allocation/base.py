@@ -146,6 +146,18 @@ class AllocationProblem:
     # scores for every group. None where the caller cannot train (scores then stay as they are).
     finetune_round: Callable[[Plan], dict[str, torch.Tensor]] | None = None
 
+    @property
+    def window(self) -> tuple[float, float]:
+        """The measured speedups a search accepts: `margin` inside both ends of the allowed range
+        [target, target * (1 + max_overshoot)], because the profile stage measures the chosen model
+        again, separately, and that figure must land inside too. Where the allowance is too narrow for
+        two margins, the upper end is the allowance itself."""
+        goal = self.target * (1 + self.margin)
+        ceiling = self.target * (1 + self.max_overshoot - self.margin)
+        if ceiling < goal * 1.02:
+            ceiling = self.target * (1 + self.max_overshoot)
+        return goal, ceiling
+
     def plan_from_widths(self, widths: dict[str, int]) -> Plan:
         return {g.name: keep_top(self.scores[g.name], widths[g.name]) for g in self.graph.groups}
 
@@ -176,8 +188,7 @@ def search_monotone(problem: AllocationProblem, family: Callable[[float], dict[s
                     iterations: int = 12) -> AllocationResult:
     """Bisect a one-parameter family of widths (r = 1 is dense, smaller r prunes more) against the
     measured speedup; return the least-pruned plan that meets the target (plus margin)."""
-    goal = problem.target * (1 + problem.margin)
-    ceiling = problem.target * (1 + problem.max_overshoot)
+    goal, ceiling = problem.window
     bar = progress_bar(iterations + 1, description, unit="candidate")
     lowest = problem.meter.measure(problem.plan_from_widths(family(0.0)))
     bar.update(1)

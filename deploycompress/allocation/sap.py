@@ -76,8 +76,7 @@ class SAP(AllocationPolicy):
         return pqi, base
 
     def allocate(self, problem: AllocationProblem) -> AllocationResult:
-        goal = problem.target * (1 + problem.margin)
-        ceiling = problem.target * (1 + problem.max_overshoot)
+        goal, ceiling = problem.window
         groups = {g.name: g for g in problem.graph.groups}
         kept = {name: list(range(g.channels)) for name, g in groups.items()}
         virtual = {name: float(g.channels) for name, g in groups.items()}

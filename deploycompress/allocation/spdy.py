@@ -7,9 +7,10 @@ the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts
 3. DP (spdy_dp.solve_dp) under the budget B = T_base / X - (T_base - T_prunable).
 4. The additive table is an approximation (a conv between two pruned groups shrinks on both sides),
    so the solved plan is *measured*, and the speedup the DP aims for is corrected (secant steps, then
-   bisection) until the measured speedup lands in [target, target * (1 + max_overshoot)]. The DP's plan
-   jumps as the aim moves, so when every plan it proposed overshot, single-level widenings of the
-   least-overshooting plan close the gap (`widen_into_window`).
+   bisection) until the measured speedup lands in the problem's window (a margin inside [target,
+   target * (1 + max_overshoot)]). The DP's plan jumps as the aim moves, so when every plan it
+   proposed overshot, single-level widenings of the least-overshooting plan close the gap
+   (`widen_into_window`).
 5. The error coefficients c are searched (spdy_dp.coefficient_search) at that aim, each candidate
    scored by the calibration loss of the model masked to the DP's plan; then step 4 runs once more.
 """
@@ -92,8 +93,7 @@ class SPDY(AllocationPolicy):
         t_base = problem.meter.dense_ms
         t_prunable = sum(t[0] for t in times)
         counts = [len(levels[g.name]) for g in groups]
-        goal = problem.target * (1 + problem.margin)
-        ceiling = problem.target * (1 + problem.max_overshoot)
+        goal, ceiling = problem.window
         trace: list[dict] = []
 
         def widths_for(level_choice) -> dict[str, int]:

@@ -21,6 +21,12 @@ def onnx_accuracy(session, x, y) -> float | None:
 # wider, the measurement is repeated with twice the rounds, at most MAX_REPEATS times.
 MAX_RELATIVE_CI_WIDTH = 0.10
 MAX_REPEATS = 2
+# The search measured the chosen model already, separately. When the two figures differ by more than
+# this fraction, one of them caught a burst of host noise that its own rounds did not reveal (seen on
+# shared 2-core VMs: whole seconds at 20% slower): the model is measured SECOND_OPINIONS more times,
+# in fresh sessions, and the report takes the attempt with the median speedup.
+SEARCH_AGREEMENT = 0.05
+SECOND_OPINIONS = 2
 
 
 def relative_ci_width(result: runtime.Comparison) -> float:
@@ -36,32 +42,52 @@ class ProfileStage(Stage):
         dense = runtime.make_session(ctx.run_dir / "dense.onnx", cfg.threads, ctx.config.device)
         compressed = runtime.make_session(ctx.run_dir / "model.onnx", cfg.threads, ctx.config.device)
         feed = runtime.random_feed(dense, cfg.batch_size, seed=ctx.config.seed)
-        rounds, attempts = cfg.rounds, []
-        for attempt in range(1 + MAX_REPEATS):
-            print(f"profile: {rounds} interleaved rounds, {cfg.threads} thread(s), batch {cfg.batch_size}")
-            result = runtime.compare(dense, compressed, feed, rounds=rounds, warmup=cfg.warmup)
-            width = relative_ci_width(result)
-            # The same test `deploycompress check` applies (CI width and per-round spread): a report never
-            # calls a target met that the gate would then refuse as untrusted.
-            problem = measurement_problem(result.speedup, (result.ci_low, result.ci_high), result.ratio_spread,
-                                          max_ci_width=MAX_RELATIVE_CI_WIDTH)
-            attempts.append({"rounds": rounds, "speedup": result.speedup, "ci95": [result.ci_low, result.ci_high],
-                             "relative_ci_width": width, "ratio_spread": result.ratio_spread, "problem": problem})
-            if problem is None:
-                break
-            if attempt < MAX_REPEATS:  # the clock was noisy: measure again, longer, before any verdict
-                print(f"profile: the rounds disagree ({problem}); measuring again")
-                rounds *= 2
+        attempts: list[dict] = []
+        result, problem = self._measure(dense, compressed, feed, cfg, attempts)
+        search = (ctx.report.get("prune") or {}).get("search_speedup")
+        if problem is None and search and abs(result.speedup / search - 1) > SEARCH_AGREEMENT:
+            print(f"profile: measured {result.speedup:.2f}x where the search measured {search:.2f}x; "
+                  f"measuring {SECOND_OPINIONS} more times in fresh sessions")
+            opinions = [(result, problem)]
+            for _ in range(SECOND_OPINIONS):
+                dense = runtime.make_session(ctx.run_dir / "dense.onnx", cfg.threads, ctx.config.device)
+                compressed = runtime.make_session(ctx.run_dir / "model.onnx", cfg.threads, ctx.config.device)
+                opinions.append(self._measure(dense, compressed, feed, cfg, attempts))
+            opinions.sort(key=lambda o: o[0].speedup)
+            result, problem = opinions[len(opinions) // 2]
         trusted = problem is None
         if not trusted:
             print(f"profile: measurement still too noisy ({problem}); the verdict is marked untrusted")
         ctx.report["latency"] = {"comparison": result.to_dict(), "trusted": trusted, "attempts": attempts,
+                                 "search_speedup": search,
                                  "max_relative_ci_width": MAX_RELATIVE_CI_WIDTH,
                                  "fingerprint": runtime.runtime_fingerprint(cfg.threads, cfg.batch_size,
                                                                             ctx.config.device)}
         # Accuracy of what ships: the ONNX models themselves, on the held-out split.
         ctx.report["accuracy"] = {"dense": onnx_accuracy(dense, ctx.data.x_test, ctx.data.y_test),
                                   "compressed": onnx_accuracy(compressed, ctx.data.x_test, ctx.data.y_test)}
+
+    @staticmethod
+    def _measure(dense, compressed, feed, cfg, attempts: list[dict]):
+        """One interleaved measurement, repeated longer while its rounds disagree; returns (comparison,
+        problem or None) and appends every attempt to `attempts`."""
+        rounds = cfg.rounds
+        for attempt in range(1 + MAX_REPEATS):
+            print(f"profile: {rounds} interleaved rounds, {cfg.threads} thread(s), batch {cfg.batch_size}")
+            result = runtime.compare(dense, compressed, feed, rounds=rounds, warmup=cfg.warmup)
+            # The same test `deploycompress check` applies (CI width and per-round spread): a report never
+            # calls a target met that the gate would then refuse as untrusted.
+            problem = measurement_problem(result.speedup, (result.ci_low, result.ci_high), result.ratio_spread,
+                                          max_ci_width=MAX_RELATIVE_CI_WIDTH)
+            attempts.append({"rounds": rounds, "speedup": result.speedup, "ci95": [result.ci_low, result.ci_high],
+                             "relative_ci_width": relative_ci_width(result), "ratio_spread": result.ratio_spread,
+                             "problem": problem})
+            if problem is None:
+                break
+            if attempt < MAX_REPEATS:  # the clock was noisy: measure again, longer, before any verdict
+                print(f"profile: the rounds disagree ({problem}); measuring again")
+                rounds *= 2
+        return result, problem
 
     def restore(self, ctx: RunContext) -> None:
         self.run(ctx)
