@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from deploycompress.allocation.latency_model import fit_affine
 from deploycompress.allocation.spdy import level_widths
@@ -100,3 +101,34 @@ def test_level_widths_are_capped():
     widths = level_widths(512, 8)
     assert len(widths) <= 16 and widths[0] == 512 and widths[-1] == 8
     assert widths == sorted(widths, reverse=True) and all(w % 8 == 0 for w in widths)
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+        self.fc = torch.nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+
+def test_attention_heads_are_operators_timed_as_the_whole_module():
+    import copy
+
+    from deploycompress.graph import GroupGraph, apply_plan
+    from deploycompress.latency.table import find_operators, profile_operator_times
+    from deploycompress.onnx_export import export_bytes
+
+    torch.manual_seed(0)
+    model, x = _Attention().eval(), torch.randn(1, 10, 32)
+    graph = GroupGraph(model, x)
+    [op] = [o for o in find_operators(graph, batch=1) if o.signature.kind == "attention"]
+    assert op.name == "attn" and op.in_groups == op.out_groups == ["attn"]
+    assert (op.signature.cin, op.signature.spatial_in, op.signature.spatial_out) == (4, (10, 32), (8,))
+    two_heads = widths_signature(op, {"attn": 2})
+    assert two_heads.cin == 2 and two_heads.cost_coordinate() == 2  # cost grows with heads, not heads squared
+    plan = {g.name: list(range(2 if g.kind == "heads" else g.channels)) for g in graph.groups}
+    blob = export_bytes(apply_plan(copy.deepcopy(model), x, plan), x)
+    times = profile_operator_times(blob, threads=1, batch=1, scopes={"attn": two_heads})
+    assert times[two_heads.key()] > 0  # the module's nodes were found under its scope and summed

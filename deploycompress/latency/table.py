@@ -9,6 +9,10 @@ Operators are timed in context on purpose: an operator timed alone pays for layo
 NCHWc reorders) and run overhead that a chain of fused convs inside a model does not, and the error is
 not a constant (measured here: a 32->32 3x3 conv at 16x16 took 90 us alone, 51 us inside the model).
 
+Attention heads have no single kernel: an nn.MultiheadAttention becomes projections, two batched
+MatMuls, a softmax and reshapes. Each one is an "attention" operator whose time is the sum of every
+profiled node that maps back (profiler.LayerMap) into that module, and whose width is its head count.
+
 Any operator's time at any widths is then interpolated along its own measured ladder in the
 coordinate its cost scales with (input width x output width, or width for depthwise).
 
@@ -28,12 +32,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
 from ..fileio import write_json
 from ..graph import GroupGraph
 from . import runtime
+from .profiler import LayerMap, aggregate_events
 
 PROFILE_MIN_RUNS = 20
 PROFILE_TARGET_MS = 250.0
@@ -43,7 +49,7 @@ PROFILE_TARGET_MS = 250.0
 class OpSignature:
     """What one conv/linear's latency depends on inside a model (besides the runtime fingerprint)."""
 
-    kind: str  # "conv" or "linear"
+    kind: str  # "conv", "linear", or "attention" (cin = cout = heads; spatial_in = (sequence, embedding))
     batch: int
     cin: int
     cout: int
@@ -65,8 +71,9 @@ class OpSignature:
         return OpSignature(self.kind, self.batch, cin, cout, self.spatial_in, self.spatial_out, self.kernel, groups)
 
     def cost_coordinate(self) -> float:
-        """What the kernel's time grows with: width for depthwise, input x output width otherwise."""
-        return float(self.cin if self.depthwise else self.cin * self.cout)
+        """What the kernel's time grows with: width for depthwise convs and for attention heads (each
+        head adds its own projections and attention), input x output width otherwise."""
+        return float(self.cin if self.depthwise or self.kind == "attention" else self.cin * self.cout)
 
 
 def signatures_from_profile(events: list[dict], batch: int) -> dict[str, list[float]]:
@@ -95,8 +102,10 @@ def signatures_from_profile(events: list[dict], batch: int) -> dict[str, list[fl
     return times
 
 
-def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device: str = "cpu") -> dict[str, float]:
-    """Run a model under ORT's profiler; mean kernel time per operator signature (ms)."""
+def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device: str = "cpu",
+                           scopes: dict[str, OpSignature] | None = None) -> dict[str, float]:
+    """Run a model under ORT's profiler; mean kernel time per operator signature (ms). `scopes` maps
+    module names to the signature their summed node time is recorded under (attention operators)."""
     with tempfile.TemporaryDirectory(prefix="dc-profile-") as tmp:
         session = runtime.make_session(model_bytes, threads, device, profile_dir=tmp)
         feed = runtime.random_feed(session, batch)
@@ -113,7 +122,25 @@ def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device:
     samples = signatures_from_profile(warm, batch)
     # Several operators can share a signature (two identical convs); each run then contributes several
     # samples. A trimmed mean keeps sub-microsecond resolution that a median of integer us would lose.
-    return {key: _trimmed_mean(values) for key, values in samples.items()}
+    times = {key: _trimmed_mean(values) for key, values in samples.items()}
+    if scopes:
+        times.update(scope_times(events, onnx.load_from_string(model_bytes), scopes))
+    return times
+
+
+def scope_times(events: list[dict], graph: onnx.ModelProto, scopes: dict[str, OpSignature]) -> dict[str, float]:
+    """Per-run time (ms) of every node that belongs to each module in `scopes`, keyed by its signature."""
+    breakdown = aggregate_events(events, LayerMap(graph), warmup_runs=5)
+    totals = dict.fromkeys(scopes, 0.0)
+    for node in breakdown["nodes"]:
+        for module in scopes:
+            if node["layer"] == module or node["layer"].startswith(module + "."):
+                totals[module] += node["ms"]
+    by_signature: dict[str, list[float]] = {}  # identical attention layers share a signature: average them
+    for module, ms in totals.items():
+        if ms > 0:
+            by_signature.setdefault(scopes[module].key(), []).append(ms)
+    return {key: statistics.fmean(values) for key, values in by_signature.items()}
 
 
 def _trimmed_mean(values: list[float], cut: float = 0.1) -> float:
@@ -149,11 +176,13 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
     names = {m: n for n, m in model.named_modules()}
 
     def hook(module, inputs, output):
+        if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+            output = output[0]  # nn.MultiheadAttention returns (output, weights)
         if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
             shapes.setdefault(module, (inputs[0], output))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.MultiheadAttention))]
     try:
         was_training = model.training
         model.eval()
@@ -180,6 +209,14 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
         if sig is not None:
             operators.append(Operator(names[module], sig, sorted(in_groups.get(module, ())),
                                       sorted(out_groups.get(module, ()))))
+    for group in graph.groups:
+        if group.kind == "heads" and group.attention in shapes:
+            query = shapes[group.attention][0]
+            mha = group.attention
+            sequence = query.shape[1] if mha.batch_first and query.dim() == 3 else query.shape[0]
+            sig = OpSignature("attention", batch, mha.num_heads, mha.num_heads, (int(sequence), mha.embed_dim),
+                              (mha.head_dim,))
+            operators.append(Operator(group.name, sig, [group.name], [group.name]))
     return operators
 
 
@@ -258,7 +295,9 @@ def build_table(operators: list[Operator], ladder: list[dict[str, int]], group_c
         removed = {g: group_channels[g] - w for g, w in widths.items()}
         needed = [widths_signature(op, removed) for op in operators]
         if table.missing(needed):
-            table.record(profile_operator_times(build_variant(widths), fp["threads"], fp["batch_size"], fp["device"]))
+            scopes = {op.name: sig for op, sig in zip(operators, needed) if sig.kind == "attention"}
+            table.record(profile_operator_times(build_variant(widths), fp["threads"], fp["batch_size"], fp["device"],
+                                                scopes))
             table.variants_profiled += 1
             table.save()  # after every variant, so a killed run keeps what it measured
         if progress is not None:
