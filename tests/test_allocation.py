@@ -76,8 +76,8 @@ def _squares_speedup(dense: dict[str, int]):
     return lambda widths: cost / sum(w * w for w in widths.values())
 
 
-def test_widen_into_window_lands_between_goal_and_ceiling():
-    from deploycompress.allocation.spdy import widen_into_window
+def test_step_into_window_lands_between_goal_and_ceiling():
+    from deploycompress.allocation.spdy import step_into_window
 
     levels = {"a": [64, 56, 48, 40, 32, 24, 16, 8], "b": [32, 24, 16, 8], "c": [128, 112, 96, 80, 64, 48, 32, 16]}
     speedup = _squares_speedup({k: v[0] for k, v in levels.items()})
@@ -89,7 +89,7 @@ def test_widen_into_window_lands_between_goal_and_ceiling():
         measured.append(widths)
         return speedup(widths)
 
-    result = widen_into_window(start, speedup(start), levels, errors, speedup, measure, 3.0, 3.45, steps=40)
+    result = step_into_window(start, speedup(start), levels, errors, speedup, measure, 3.0, 3.45, steps=40)
     assert result is not None
     assert 3.0 <= result[0] <= 3.45 and result[0] == speedup(result[1])
     # Every step gave exactly one group exactly one level back.
@@ -102,13 +102,13 @@ def test_widen_into_window_lands_between_goal_and_ceiling():
             previous = widths
 
 
-def test_widen_into_window_gives_up_when_every_step_falls_below_goal():
-    from deploycompress.allocation.spdy import widen_into_window
+def test_step_into_window_gives_up_when_every_step_falls_below_goal():
+    from deploycompress.allocation.spdy import step_into_window
 
     levels = {"a": [64, 8]}  # one step back from 8 channels to 64 is far below the goal
     speedup = _squares_speedup({"a": 64})
     tried = []
-    result = widen_into_window({"a": 8}, 64.0, levels, {"a": [0.0, 1.0]}, speedup,
+    result = step_into_window({"a": 8}, 64.0, levels, {"a": [0.0, 1.0]}, speedup,
                                lambda w: tried.append(w) or speedup(w), 10.0, 11.0, steps=5)
     assert result is None
     assert tried == [{"a": 64}]  # measured once, rejected, never measured again
@@ -119,3 +119,15 @@ def test_search_window_keeps_a_margin_inside_both_ends_of_the_allowance():
     assert goal == pytest.approx(2.06) and ceiling == pytest.approx(2.14)
     goal, ceiling = _problem(2.0, overshoot=0.05).window  # too narrow for two margins: the whole allowance
     assert goal == pytest.approx(2.06) and ceiling == pytest.approx(2.10)
+
+
+def test_step_into_window_narrows_a_plan_that_falls_short():
+    from deploycompress.allocation.spdy import step_into_window
+
+    levels = {"a": [64, 56, 48, 40, 32, 24, 16, 8], "b": [32, 24, 16, 8]}
+    speedup = _squares_speedup({k: v[0] for k, v in levels.items()})
+    start = {"a": 48, "b": 32}  # about 1.6x, short of [2, 2.2]
+    errors = {"a": [0.9 * (i / 7) ** 2 for i in range(8)], "b": [0.1 * (i / 3) ** 2 for i in range(4)]}
+    result = step_into_window(start, speedup(start), levels, errors, speedup, speedup, 2.0, 2.2, steps=10)
+    assert result is not None and 2.0 <= result[0] <= 2.2
+    assert all(result[1][k] <= start[k] for k in start)  # only ever narrower

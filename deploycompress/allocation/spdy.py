@@ -8,11 +8,12 @@ the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts
 4. The additive table is an approximation (a conv between two pruned groups shrinks on both sides),
    so the solved plan is *measured*, and the speedup the DP aims for is corrected (secant steps, then
    bisection) until the measured speedup lands in the problem's window (a margin inside [target,
-   target * (1 + max_overshoot)]). The DP's plan jumps as the aim moves, so when every plan it
-   proposed overshot, single-level widenings of the least-overshooting plan close the gap
-   (`widen_into_window`).
-5. The error coefficients c are searched (spdy_dp.coefficient_search) at that aim, each candidate
-   scored by the calibration loss of the model masked to the DP's plan; then step 4 runs once more.
+   target * (1 + max_overshoot)]). The DP's plan jumps as the aim moves, so a plan that misses the
+   window by a little is stepped in one level of one group at a time (`step_into_window`).
+5. The error coefficients c are searched (spdy_dp.coefficient_search), each candidate's plan taken at
+   the DP aim the latency model predicts lands mid-window and scored by the calibration loss of the
+   model masked to it (seeded with measured per-group sensitivity and with a near-uniform shape); then
+   step 4 runs once more. Of every plan confirmed inside the window, the lowest-loss one is chosen.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from .spdy_dp import coefficient_search, prunable_budget, quadratic_errors, solv
 MAX_LEVELS = 16
 CALIBRATION_STEPS = 8
 POLISH_STEPS = 5
+# A measured plan this close to the window (as a ratio of its edge) is stepped in, not re-aimed.
+NEAR_MISS = 1.08
 
 
 def level_widths(channels: int, multiple: int, max_levels: int = MAX_LEVELS) -> list[int]:
@@ -45,41 +48,58 @@ def level_widths(channels: int, multiple: int, max_levels: int = MAX_LEVELS) -> 
     return widths
 
 
-def widen_into_window(start: dict[str, int], start_speedup: float, levels: dict[str, list[int]],
-                      errors: dict[str, list[float]], predict_speedup: Callable[[dict[str, int]], float],
-                      measure: Callable[[dict[str, int]], float], goal: float, ceiling: float,
-                      steps: int = POLISH_STEPS) -> tuple[float, dict[str, int]] | None:
-    """Walk from a plan measured above `ceiling` down into [goal, ceiling] by giving one group one level
-    back at a time. Each step takes the move expected to stay at or above `goal` that buys the most
-    error reduction per unit of speed given up (the expected speedup is the current measured one
-    scaled by the latency model's predicted ratio, so the model's absolute error cancels); a move
-    measured below `goal` is not tried again. Returns (speedup, widths) of the first plan measured in
-    the window, or None when `steps` measurements did not find one."""
+def step_into_window(start: dict[str, int], start_speedup: float, levels: dict[str, list[int]],
+                     errors: dict[str, list[float]], predict_speedup: Callable[[dict[str, int]], float],
+                     measure: Callable[[dict[str, int]], float], goal: float, ceiling: float,
+                     steps: int = POLISH_STEPS) -> tuple[float, dict[str, int]] | None:
+    """Walk a measured plan into [goal, ceiling] one level of one group at a time: narrower when it is
+    short of `goal`, wider when it overshoots `ceiling`. The DP's plan jumps as its budget moves (a few
+    % of speed at once on small models); single-level steps do not.
+
+    A move's expected speedup is the current measured one scaled by the latency model's predicted
+    ratio (the model's absolute error cancels). Moves expected to land in the window come first (the
+    one that costs least error, or recovers most); otherwise narrowing takes the most speed per unit
+    of error added and widening the most error recovered per unit of speed given up while staying
+    above `goal`. A move measured past the window on the other side is not tried again. Returns
+    (speedup, widths) of the first plan measured in the window, or None after `steps` measurements."""
     current, current_speedup = dict(start), start_speedup
     rejected: set[tuple] = set()
     for _ in range(steps):
+        narrowing = current_speedup < goal
         base = predict_speedup(current)
         moves = []
         for name, widths in levels.items():
             k = widths.index(current[name])
-            trial = {**current, name: widths[k - 1]} if k > 0 else None
-            if trial is None or tuple(sorted(trial.items())) in rejected:
+            j = k + 1 if narrowing else k - 1
+            if not 0 <= j < len(widths):
+                continue
+            trial = {**current, name: widths[j]}
+            if tuple(sorted(trial.items())) in rejected:
                 continue
             expected = current_speedup * predict_speedup(trial) / base
-            lost = max(1 / expected - 1 / current_speedup, 1e-12)  # latency added, in units of dense latency
-            moves.append((expected >= goal, (errors[name][k] - errors[name][k - 1]) / lost, expected, trial))
+            error_change = abs(errors[name][j] - errors[name][k])
+            speed_change = max(abs(1 / expected - 1 / current_speedup), 1e-12)  # in units of dense latency
+            moves.append((expected, error_change, speed_change, trial))
         if not moves:
             return None
-        safe = [m for m in moves if m[0]]
-        # Nothing expected to stay above the goal: take the smallest step and let the measurement decide.
-        _, _, _, trial = max(safe, key=lambda m: m[1]) if safe else max(moves, key=lambda m: m[2])
+        landing = [m for m in moves if goal <= m[0] <= ceiling]
+        safe = [m for m in moves if m[0] >= goal]
+        if landing:
+            pick = min(landing, key=lambda m: m[1]) if narrowing else max(landing, key=lambda m: m[1])
+        elif narrowing:
+            pick = max(moves, key=lambda m: m[2] / max(m[1], 1e-12))
+        elif safe:
+            pick = max(safe, key=lambda m: m[1] / m[2])
+        else:  # nothing expected to stay above the goal: the smallest step, and let the measurement decide
+            pick = max(moves, key=lambda m: m[0])
+        trial = pick[3]
         speedup = measure(trial)
-        if speedup < goal:
-            rejected.add(tuple(sorted(trial.items())))
-        elif speedup <= ceiling:
+        if goal <= speedup <= ceiling:
             return speedup, trial
-        else:
+        if (speedup < goal) == narrowing:  # still on the same side: keep walking from here
             current, current_speedup = trial, speedup
+        else:
+            rejected.add(tuple(sorted(trial.items())))
     return None
 
 
@@ -103,7 +123,7 @@ class SPDY(AllocationPolicy):
             budget = prunable_budget(t_base, t_prunable, aim)
             return solve_dp(times, quadratic_errors(coefficients, counts), budget)
 
-        def measure(widths: dict[str, int], aim: float, phase: str, confirm: bool = False) -> float:
+        def measure(widths: dict[str, int], aim: float | None, phase: str, confirm: bool = False) -> float:
             predicted_ms = model.predict_ms(widths)
             plan = problem.plan_from_widths(widths)
             measured = problem.meter.confirm(plan) if confirm else problem.meter.measure(plan)
@@ -130,46 +150,65 @@ class SPDY(AllocationPolicy):
                     high = aim
             return best[0], best[1]
 
+        accepted: list[tuple[float, float, dict[str, int]]] = []  # confirmed in the window: (speedup, aim, widths)
+
+        def measure_confirmed(widths: dict[str, int], aim: float | None, label: str) -> float:
+            speedup = measure(widths, aim, label)
+            if goal <= speedup <= ceiling:  # about to be accepted: confirm with a longer measurement
+                speedup = measure(widths, aim, label + " (confirm)", confirm=True)
+            return speedup
+
+        def step_toward_window(widths: dict[str, int], speedup: float, aim: float | None, coefficients, phase: str):
+            errors = quadratic_errors(coefficients, counts)
+            return step_into_window(widths, speedup, levels, {g.name: errors[i] for i, g in enumerate(groups)},
+                                    lambda w: t_base / model.predict_ms(w),
+                                    lambda w: measure_confirmed(w, aim, phase + " (step)"), goal, ceiling)
+
         def calibrate(coefficients, phase: str):
             """Plan, measure, refit the latency model, re-plan, until the measured speedup lands in
-            [goal, ceiling]. Returns the least-overshooting plan that met the goal (or None)."""
-            best = None  # (speedup, aim, widths)
+            [goal, ceiling]; a plan that misses by a little is stepped in (`step_into_window`). Returns
+            the plan that landed, else the least-overshooting one that met the goal (or None). A plan
+            that landed is also added to `accepted`."""
+            over = None  # (speedup, aim, widths): the least-overshooting plan above the window
             wanted = (goal + ceiling) / 2
             seen: set[tuple] = set()
+            stepping_left = 2
+
+            def step(widths: dict[str, int], speedup: float, aim: float):
+                return step_toward_window(widths, speedup, aim, coefficients, phase)
+
             progress = progress_bar(CALIBRATION_STEPS, f"spdy {phase}", unit="candidate")
+            landed = None
             for _ in range(CALIBRATION_STEPS):
                 aim, widths = aim_for(coefficients, wanted)
                 key = tuple(sorted(widths.items()))
                 if key in seen:  # the model keeps proposing a measured plan: push the request instead
-                    wanted *= 1.03 if best is None else 0.98
+                    wanted *= 1.03 if over is None else 0.98
                     continue
                 seen.add(key)
-                speedup = measure(widths, aim, phase)
-                if goal <= speedup <= ceiling:  # about to be accepted: confirm with a longer measurement
-                    speedup = measure(widths, aim, phase + " (confirm)", confirm=True)
+                speedup = measure_confirmed(widths, aim, phase)
                 progress.update(1)
                 progress.set_postfix(aim=f"{aim:.2f}", measured=f"{speedup:.2f}x")
-                if speedup >= goal and (best is None or speedup < best[0]):
-                    best = (speedup, aim, widths)
-                if best is not None and best[0] <= ceiling:
+                if goal <= speedup <= ceiling:
+                    landed = (speedup, aim, widths)
                     break
+                if speedup > ceiling and (over is None or speedup < over[0]):
+                    over = (speedup, aim, widths)
+                if stepping_left and goal / NEAR_MISS <= speedup <= ceiling * NEAR_MISS:
+                    stepping_left -= 1
+                    stepped = step(widths, speedup, aim)
+                    if stepped is not None:
+                        landed = (stepped[0], aim, stepped[1])
+                        break
             progress.close()
-            if best is not None and best[0] > ceiling:
-                errors = quadratic_errors(coefficients, counts)
-                speedup, aim, widths = best
-
-                def measure_confirmed(trial: dict[str, int]) -> float:
-                    measured = measure(trial, aim, phase + " (widen)")
-                    if goal <= measured <= ceiling:
-                        measured = measure(trial, aim, phase + " (widen, confirm)", confirm=True)
-                    return measured
-
-                widened = widen_into_window(widths, speedup, levels,
-                                            {g.name: errors[i] for i, g in enumerate(groups)},
-                                            lambda w: t_base / model.predict_ms(w), measure_confirmed, goal, ceiling)
-                if widened is not None:
-                    best = (widened[0], aim, widened[1])
-            return best
+            if landed is None and over is not None:  # every plan overshot: widen the closest one
+                stepped = step(over[2], over[0], over[1])
+                if stepped is not None:
+                    landed = (stepped[0], over[1], stepped[1])
+            if landed is not None:
+                accepted.append(landed)
+                return landed
+            return over
 
         c0 = np.full(len(groups), 0.5)
         best = calibrate(c0, "calibrate")
@@ -177,16 +216,34 @@ class SPDY(AllocationPolicy):
             top = max(t["measured_speedup"] for t in trace)
             raise TargetUnreachable(f"target {problem.target:g}x is out of reach: the best plan measured {top:.2f}x",
                                     best_speedup=top)
-        aim = best[1]
+        # Every candidate of the coefficient search is scored at the same *predicted* speed (the latency
+        # model, refitted to the measurements above, is within a few % of measured), not at one DP
+        # budget: the additive table's budget means a different real speed for every shape of
+        # coefficients, so plans scored at one budget are not comparable, and the plan deployed after
+        # re-aiming can be far from the one that scored best.
+        wanted = (goal + ceiling) / 2
+        losses: dict[tuple, float] = {}
 
-        # Coefficient search at the calibrated aim; scores are cached by the DP's level choice.
-        scores: dict[tuple, float] = {}
+        def loss_of(widths: dict[str, int]) -> float:
+            key = tuple(sorted(widths.items()))
+            if key not in losses:
+                losses[key] = problem.calibration_loss(problem.plan_from_widths(widths))
+            return losses[key]
 
         def score(coefficients: np.ndarray) -> float:
-            choice = solve(coefficients, aim).levels
-            if choice not in scores:
-                scores[choice] = problem.calibration_loss(problem.plan_from_widths(widths_for(choice)))
-            return scores[choice]
+            return loss_of(aim_for(coefficients, wanted)[1])
+
+        def uniform_at(speedup: float) -> dict[str, int]:
+            """One keep ratio for every group (snapped to its levels): of the distinct plans that makes,
+            the one the latency model predicts closest to `speedup`. Closest, not "at least": snapping
+            makes the family jump (a 16-wide group has no width between 8 and 16), and the model,
+            fitted on the DP's shapes, can be several % off for this one; measuring and stepping
+            correct both."""
+            plans = {}
+            for ratio in np.linspace(0.0, 1.0, 201):
+                widths = {g.name: min(levels[g.name], key=lambda w: abs(w - ratio * levels[g.name][0])) for g in groups}
+                plans[tuple(sorted(widths.items()))] = widths
+            return min(plans.values(), key=lambda w: abs(np.log(t_base / model.predict_ms(w) / speedup)))
 
         # Seed the search with each group's measured sensitivity: the calibration loss with that group
         # alone cut to about half its width. Random draws alone rarely find a good shape in a few
@@ -200,24 +257,46 @@ class SPDY(AllocationPolicy):
             sensitivity.append(max(loss - base_loss, 0.0))
         top = max(sensitivity) or 1.0
         sensitivity_seed = np.array([max(v / top, 0.01) for v in sensitivity])
+        # And with the shape that makes the DP prune every group by about the same fraction: with
+        # err = c (k / (K - 1))^2, equal marginal error per ms saved at equal fractions needs c in
+        # proportion to the group's dense time. The search then starts no worse than near-uniform.
+        dense_times = np.array([t[0] for t in times])
+        uniform_seed = np.clip(dense_times / (dense_times.max() or 1.0), 0.01, 1.0)
         evaluations = problem.spdy_evaluations
         progress = progress_bar(evaluations, "spdy coefficient search", unit="eval")
         rng = np.random.default_rng(problem.seed)
         search = coefficient_search(len(groups), score, rng, initial_draws=min(100, max(1, evaluations // 2)),
-                                    max_evaluations=evaluations, seeds=[sensitivity_seed, c0],
+                                    max_evaluations=evaluations, seeds=[sensitivity_seed, uniform_seed, c0],
                                     on_step=lambda n, s: (progress.update(1), progress.set_postfix(loss=f"{s:.4f}")))
         progress.close()
         final = calibrate(search.coefficients, "verify")
-        if final is None:  # the searched shape would not meet the target at any aim tried: keep the first
+        # The uniform shape at the same predicted speed is a candidate too: where the coefficient search
+        # found nothing better on calibration loss (it can happen on small models whose groups are
+        # strongly coupled), it is measured, stepped into the window, and competes below.
+        uniform = uniform_at(wanted)
+        if loss_of(uniform) < search.score:
+            speedup = measure_confirmed(uniform, None, "uniform")
+            if goal <= speedup <= ceiling:
+                accepted.append((speedup, None, uniform))
+            else:
+                stepped = step_toward_window(uniform, speedup, None, search.coefficients, "uniform")
+                if stepped is not None:
+                    accepted.append((stepped[0], None, stepped[1]))
+        if accepted:  # of the plans confirmed inside the window, the one with the lowest calibration loss
+            final = min(accepted, key=lambda a: loss_of(a[2]))
+        elif final is None:  # the searched shape would not meet the target at any aim tried: keep the first
             final = best
         speedup, aim, widths = final
         predicted_ms = model.predict_ms_excluding(widths)
         return AllocationResult(
             problem.plan_from_widths(widths), speedup, predicted_speedup=t_base / predicted_ms,
-            details={"aim": aim, "budget_ms": prunable_budget(t_base, t_prunable, aim),
+            details={"aim": aim, "budget_ms": None if aim is None else prunable_budget(t_base, t_prunable, aim),
                      "latency_fit": {"offset_ms": model.offset, "scale": model.scale, "points": len(model.points)},
                      "t_base_ms": t_base, "t_prunable_ms": t_prunable, "levels": {k: v for k, v in levels.items()},
                      "coefficients": search.coefficients.round(4).tolist(), "search_loss": search.score,
                      "sensitivity": [round(v, 5) for v in sensitivity],
-                     "search_evaluations": search.evaluations, "distinct_plans_scored": len(scores),
+                     "search_evaluations": search.evaluations, "distinct_plans_scored": len(losses),
+                     "final_loss": loss_of(widths), "accepted_in_window": len(accepted),
+                     "uniform_candidate": {"widths": uniform, "loss": loss_of(uniform),
+                                           "predicted_speedup": t_base / model.predict_ms(uniform)},
                      "trace": trace, "predicted_latency_ms": predicted_ms})
