@@ -132,3 +132,23 @@ def test_attention_heads_are_operators_timed_as_the_whole_module():
     blob = export_bytes(apply_plan(copy.deepcopy(model), x, plan), x)
     times = profile_operator_times(blob, threads=1, batch=1, scopes={"attn": two_heads})
     assert times[two_heads.key()] > 0  # the module's nodes were found under its scope and summed
+
+
+def test_latency_model_corrects_its_offset_from_plans_of_similar_shape():
+    from deploycompress.allocation.latency_model import LatencyModel
+
+    # Two groups, one linear operator each: time proportional to width (in x out, out fixed at 1).
+    ops = [Operator(name, OpSignature("linear", 1, 64, 1, (), ()), [name], []) for name in ("a", "b")]
+    curves = {name: OperatorCurve([(8.0, 0.08), (64.0, 0.64)]) for name in ("a", "b")}
+    model = LatencyModel(ops, curves, {"a": 64, "b": 64}, dense_ms=1.28)
+    # Plans that cut group a run 0.1 ms slower than their operators add up to; plans that cut b, 0.1 faster.
+    for a, b, gap in [(16, 64, 0.1), (24, 64, 0.1), (64, 16, -0.1), (64, 24, -0.1)]:
+        ms = (a + b) * 0.01 + gap
+        model.add_measurement({"a": a, "b": b}, 1.28 / ms)
+    near_a = model.predict_ms({"a": 20, "b": 64})
+    near_b = model.predict_ms({"a": 64, "b": 20})
+    assert near_a == pytest.approx(0.84 + 0.1, abs=0.03)
+    assert near_b == pytest.approx(0.84 - 0.1, abs=0.03)
+    # Leaving a plan's own measurement out, its neighbour (a at 24, not 16) still moves the prediction
+    # more than halfway from the operator sum (0.80) towards the truth (0.90).
+    assert 0.85 < model.predict_ms_excluding({"a": 16, "b": 64}) < 0.91

@@ -1,5 +1,8 @@
-"""Baseline policies, each one parameter searched against measured latency."""
+"""Baseline policies, each one parameter searched against measured latency. The families are also
+candidates inside SPDY (spdy.py), so its result is never a worse calibration loss than theirs."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -7,15 +10,38 @@ from ..graph import round_channels
 from .base import AllocationPolicy, AllocationProblem, AllocationResult, policies, search_monotone
 
 
+def uniform_family(problem: AllocationProblem) -> Callable[[float], dict[str, int]]:
+    """r in [0, 1] -> one keep ratio 0.05 + 0.95 r for every group."""
+    def family(r: float) -> dict[str, int]:
+        return problem.uniform_widths(0.05 + 0.95 * r)
+
+    return family
+
+
+def global_family(problem: AllocationProblem) -> Callable[[float], dict[str, int]]:
+    """r in [0, 1] -> widths from one threshold over all channels' normalised scores."""
+    normalized = {name: s / (s.mean() + 1e-12) for name, s in problem.scores.items()}
+    pooled = torch.cat(list(normalized.values())).sort().values
+
+    def family(r: float) -> dict[str, int]:
+        fraction_removed = 0.95 * (1 - r)
+        index = min(int(fraction_removed * len(pooled)), len(pooled) - 1)
+        threshold = pooled[index] if fraction_removed > 0 else -float("inf")
+        widths = {}
+        for g in problem.graph.groups:
+            kept = int((normalized[g.name] >= threshold).sum())
+            widths[g.name] = round_channels(max(kept, 1), g.channels, g.unit_multiple(problem.channel_multiple))
+        return widths
+
+    return family
+
+
 @policies.register("uniform")
 class Uniform(AllocationPolicy):
     """One keep ratio for every group, bisected until the measured speedup meets the target."""
 
     def allocate(self, problem: AllocationProblem) -> AllocationResult:
-        def family(r: float) -> dict[str, int]:
-            return problem.uniform_widths(0.05 + 0.95 * r)
-
-        return search_monotone(problem, family, "uniform search")
+        return search_monotone(problem, uniform_family(problem), "uniform search")
 
 
 @policies.register("global")
@@ -24,17 +50,4 @@ class GlobalMagnitude(AllocationPolicy):
     groups of different fan-in compare), bisected against measured speedup."""
 
     def allocate(self, problem: AllocationProblem) -> AllocationResult:
-        normalized = {name: s / (s.mean() + 1e-12) for name, s in problem.scores.items()}
-        pooled = torch.cat(list(normalized.values())).sort().values
-
-        def family(r: float) -> dict[str, int]:
-            fraction_removed = 0.95 * (1 - r)
-            index = min(int(fraction_removed * len(pooled)), len(pooled) - 1)
-            threshold = pooled[index] if fraction_removed > 0 else -float("inf")
-            widths = {}
-            for g in problem.graph.groups:
-                kept = int((normalized[g.name] >= threshold).sum())
-                widths[g.name] = round_channels(max(kept, 1), g.channels, g.unit_multiple(problem.channel_multiple))
-            return widths
-
-        return search_monotone(problem, family, "global search")
+        return search_monotone(problem, global_family(problem), "global search")

@@ -13,7 +13,8 @@ the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts
 5. The error coefficients c are searched (spdy_dp.coefficient_search), each candidate's plan taken at
    the DP aim the latency model predicts lands mid-window and scored by the calibration loss of the
    model masked to it (seeded with measured per-group sensitivity and with a near-uniform shape); then
-   step 4 runs once more. Of every plan confirmed inside the window, the lowest-loss one is chosen.
+   step 4 runs once more. The uniform and global-magnitude families are searched against measured
+   latency too, and of every plan confirmed inside the window the lowest-loss one is chosen.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ import numpy as np
 
 from ..errors import TargetUnreachable
 from ..progress import bar as progress_bar
-from .base import AllocationPolicy, AllocationProblem, AllocationResult, policies
+from .base import AllocationPolicy, AllocationProblem, AllocationResult, policies, search_monotone
 from .latency_model import LatencyModel, build_latency_model
+from .searched import global_family, uniform_family
 from .spdy_dp import coefficient_search, prunable_budget, quadratic_errors, solve_dp
 
 MAX_LEVELS = 16
@@ -233,18 +235,6 @@ class SPDY(AllocationPolicy):
         def score(coefficients: np.ndarray) -> float:
             return loss_of(aim_for(coefficients, wanted)[1])
 
-        def uniform_at(speedup: float) -> dict[str, int]:
-            """One keep ratio for every group (snapped to its levels): of the distinct plans that makes,
-            the one the latency model predicts closest to `speedup`. Closest, not "at least": snapping
-            makes the family jump (a 16-wide group has no width between 8 and 16), and the model,
-            fitted on the DP's shapes, can be several % off for this one; measuring and stepping
-            correct both."""
-            plans = {}
-            for ratio in np.linspace(0.0, 1.0, 201):
-                widths = {g.name: min(levels[g.name], key=lambda w: abs(w - ratio * levels[g.name][0])) for g in groups}
-                plans[tuple(sorted(widths.items()))] = widths
-            return min(plans.values(), key=lambda w: abs(np.log(t_base / model.predict_ms(w) / speedup)))
-
         # Seed the search with each group's measured sensitivity: the calibration loss with that group
         # alone cut to about half its width. Random draws alone rarely find a good shape in a few
         # dozen evaluations; the sensitivity point usually starts far better than any of them.
@@ -269,19 +259,26 @@ class SPDY(AllocationPolicy):
                                     max_evaluations=evaluations, seeds=[sensitivity_seed, uniform_seed, c0],
                                     on_step=lambda n, s: (progress.update(1), progress.set_postfix(loss=f"{s:.4f}")))
         progress.close()
+        seed_plans = {}
+        for label, seed in (("sensitivity", sensitivity_seed), ("uniform", uniform_seed), ("flat", c0)):
+            plan_widths = aim_for(seed, wanted)[1]
+            seed_plans[label] = {"widths": plan_widths, "loss": loss_of(plan_widths)}
         final = calibrate(search.coefficients, "verify")
-        # The uniform shape at the same predicted speed is a candidate too: where the coefficient search
-        # found nothing better on calibration loss (it can happen on small models whose groups are
-        # strongly coupled), it is measured, stepped into the window, and competes below.
-        uniform = uniform_at(wanted)
-        if loss_of(uniform) < search.score:
-            speedup = measure_confirmed(uniform, None, "uniform")
-            if goal <= speedup <= ceiling:
-                accepted.append((speedup, None, uniform))
-            else:
-                stepped = step_toward_window(uniform, speedup, None, search.coefficients, "uniform")
-                if stepped is not None:
-                    accepted.append((stepped[0], None, stepped[1]))
+        # The baselines' one-parameter families are candidates too, searched against measured latency
+        # the way their own policies do: the operator table misjudges some shapes (it underrates
+        # lopsided convs, e.g. 8 -> 128 channels, so the DP favours them), and where the DP's shapes
+        # lose on calibration loss a uniform or global-magnitude plan in the window is kept instead.
+        baselines = {}
+        for label, family in (("uniform", uniform_family(problem)), ("global", global_family(problem))):
+            try:
+                found = search_monotone(problem, family, f"spdy vs {label}")
+            except TargetUnreachable:
+                continue
+            found_widths = {name: len(kept) for name, kept in found.plan.items()}
+            baselines[label] = {"widths": found_widths, "measured_speedup": found.measured_speedup,
+                                "loss": loss_of(found_widths)}
+            if goal <= found.measured_speedup <= ceiling:
+                accepted.append((found.measured_speedup, None, found_widths))
         if accepted:  # of the plans confirmed inside the window, the one with the lowest calibration loss
             final = min(accepted, key=lambda a: loss_of(a[2]))
         elif final is None:  # the searched shape would not meet the target at any aim tried: keep the first
@@ -297,6 +294,6 @@ class SPDY(AllocationPolicy):
                      "sensitivity": [round(v, 5) for v in sensitivity],
                      "search_evaluations": search.evaluations, "distinct_plans_scored": len(losses),
                      "final_loss": loss_of(widths), "accepted_in_window": len(accepted),
-                     "uniform_candidate": {"widths": uniform, "loss": loss_of(uniform),
-                                           "predicted_speedup": t_base / model.predict_ms(uniform)},
+                     "seed_plans": seed_plans,
+                     "baselines": baselines,
                      "trace": trace, "predicted_latency_ms": predicted_ms})
