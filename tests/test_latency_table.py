@@ -24,17 +24,22 @@ def test_profile_events_become_signatures():
         _event("Conv", [[1, 32, 16, 16], [64, 32, 3, 3], [64]], [1, 64, 8, 8], 70),
         _event("Conv", [[1, 48, 8, 8], [48, 1, 3, 3], [48]], [1, 48, 8, 8], 9),  # depthwise
         _event("Gemm", [[1, 128], [10, 128], [10]], [1, 10], 4),
+        # A token MLP: ORT runs (1, 64, 128) x (128, 512) as a Gemm on (64, 128), or as a 3-D MatMul.
+        _event("Gemm", [[64, 128], [512, 128], [512]], [64, 512], 30),
+        _event("MatMul", [[1, 64, 128], [128, 512]], [1, 64, 512], 32),
         _event("Relu", [[1, 64, 8, 8]], [1, 64, 8, 8], 3),  # not a weighted op: ignored
         {"cat": "Session", "name": "model_run", "dur": 999},
     ]
     times = signatures_from_profile(events, batch=1)
     conv = OpSignature("conv", 1, 32, 64, (16, 16), (8, 8), (3, 3), 1)
     dw = OpSignature("conv", 1, 48, 48, (8, 8), (8, 8), (3, 3), 48)
-    fc = OpSignature("linear", 1, 128, 10, (), ())
+    fc = OpSignature("linear", 1, 128, 10, (1,), (1,))
+    mlp = OpSignature("linear", 1, 128, 512, (64,), (64,))
     assert times[conv.key()] == [0.05, 0.07]
     assert times[dw.key()] == [0.009] and dw.depthwise
     assert times[fc.key()] == [0.004]
-    assert len(times) == 3
+    assert times[mlp.key()] == [0.030, 0.032]
+    assert len(times) == 4
 
 
 def test_operator_widths_follow_groups():

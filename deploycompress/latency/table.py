@@ -53,7 +53,7 @@ class OpSignature:
     batch: int
     cin: int
     cout: int
-    spatial_in: tuple[int, ...]  # conv: input spatial dims; linear: the dims between batch and features
+    spatial_in: tuple[int, ...]  # conv: input spatial dims; linear: (rows per sample,)
     spatial_out: tuple[int, ...]
     kernel: tuple[int, ...] = ()
     groups: int = 1
@@ -96,7 +96,8 @@ def signatures_from_profile(events: list[dict], batch: int) -> dict[str, list[fl
             sig = OpSignature("conv", batch, x[1], w[0], tuple(x[2:]), tuple(output[2:]), tuple(w[2:]), groups)
         elif op in ("Gemm", "MatMul", "FusedMatMul") and len(inputs) >= 2:
             x = inputs[0]
-            sig = OpSignature("linear", batch, x[-1], output[-1], tuple(x[1:-1]), tuple(output[1:-1]))
+            rows = _linear_rows(x[:-1], batch)
+            sig = OpSignature("linear", batch, x[-1], output[-1], rows, rows)
         if sig is not None:
             times.setdefault(sig.key(), []).append(event["dur"] / 1000.0)
     return times
@@ -165,9 +166,16 @@ def _signature(module: nn.Module, inp: torch.Tensor, out: torch.Tensor, batch: i
         return OpSignature("conv", batch, module.in_channels, module.out_channels, tuple(inp.shape[2:]),
                            tuple(out.shape[2:]), tuple(module.kernel_size), module.groups)
     if isinstance(module, nn.Linear):
-        return OpSignature("linear", batch, module.in_features, module.out_features, tuple(inp.shape[1:-1]),
-                           tuple(out.shape[1:-1]))
+        rows = _linear_rows(tuple(inp.shape[1:-1]), 1)
+        return OpSignature("linear", batch, module.in_features, module.out_features, rows, rows)
     return None
+
+
+def _linear_rows(leading: tuple | list, batch: int) -> tuple[int, ...]:
+    """A linear layer's signature keeps only how many rows one sample feeds it: ORT reshapes a 3-D
+    MatMul input (batch, tokens, features) to 2-D (batch * tokens, features) for Gemm, so the
+    profiler reports shapes the module hook never sees."""
+    return (max(1, int(np.prod(leading)) // batch),)
 
 
 def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
