@@ -73,8 +73,9 @@ class LatencyModel:
         # The line (a, b) from every point; then its offset corrected by the residuals of the plans
         # nearest in shape (within a few % of keep fraction they count fully; distant ones, whose
         # residuals average out, keep the correction small). Nearby plans have nearly the same operator
-        # sum, so they would pin an offset well but a slope badly.
-        offset, scale = fit_affine(points)
+        # sum, so they would pin an offset well but a slope badly. With every point kept, the line is the
+        # one add_measurement already fitted (this runs on every prediction the DP's aim search makes).
+        offset, scale = fit_affine(points) if exclude_own else (self.offset, self.scale)
         residuals = np.array([y - (offset + scale * x) for x, y in points])
         weights = LOCAL_FLOOR + np.exp(-(distance[keep] / LOCAL_SCALE) ** 2)
         return offset + float(np.average(residuals, weights=weights)), scale

@@ -1,5 +1,6 @@
 """Baseline policies, each one parameter searched against measured latency. The families are also
-candidates inside SPDY (spdy.py), so its result is never a worse calibration loss than theirs."""
+candidates inside SPDY (spdy.py): where their plan lands in the search window, SPDY's result has no
+worse a calibration loss than it."""
 from __future__ import annotations
 
 from typing import Callable

@@ -42,6 +42,7 @@ from . import runtime
 from .profiler import LayerMap, aggregate_events
 
 PROFILE_MIN_RUNS = 20
+PROFILE_WARMUP_RUNS = 5
 PROFILE_TARGET_MS = 250.0
 
 
@@ -110,7 +111,7 @@ def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device:
     with tempfile.TemporaryDirectory(prefix="dc-profile-") as tmp:
         session = runtime.make_session(model_bytes, threads, device, profile_dir=tmp)
         feed = runtime.random_feed(session, batch)
-        for _ in range(5):
+        for _ in range(PROFILE_WARMUP_RUNS):
             session.run(None, feed)
         runs = max(PROFILE_MIN_RUNS, runtime.calibrate_runs(session, feed, target_ms=PROFILE_TARGET_MS))
         for _ in range(runs):
@@ -131,7 +132,7 @@ def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device:
 
 def scope_times(events: list[dict], graph: onnx.ModelProto, scopes: dict[str, OpSignature]) -> dict[str, float]:
     """Per-run time (ms) of every node that belongs to each module in `scopes`, keyed by its signature."""
-    breakdown = aggregate_events(events, LayerMap(graph), warmup_runs=5)
+    breakdown = aggregate_events(events, LayerMap(graph), warmup_runs=PROFILE_WARMUP_RUNS)
     totals = dict.fromkeys(scopes, 0.0)
     for node in breakdown["nodes"]:
         for module in scopes:

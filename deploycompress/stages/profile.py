@@ -39,8 +39,12 @@ class ProfileStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         cfg = ctx.config.profile
-        dense = runtime.make_session(ctx.run_dir / "dense.onnx", cfg.threads, ctx.config.device)
-        compressed = runtime.make_session(ctx.run_dir / "model.onnx", cfg.threads, ctx.config.device)
+
+        def sessions():
+            return tuple(runtime.make_session(ctx.run_dir / name, cfg.threads, ctx.config.device)
+                         for name in ("dense.onnx", "model.onnx"))
+
+        dense, compressed = sessions()
         feed = runtime.random_feed(dense, cfg.batch_size, seed=ctx.config.seed)
         attempts: list[dict] = []
         result, problem = self._measure(dense, compressed, feed, cfg, attempts)
@@ -50,8 +54,7 @@ class ProfileStage(Stage):
                   f"measuring {SECOND_OPINIONS} more times in fresh sessions")
             opinions = [(result, problem)]
             for _ in range(SECOND_OPINIONS):
-                dense = runtime.make_session(ctx.run_dir / "dense.onnx", cfg.threads, ctx.config.device)
-                compressed = runtime.make_session(ctx.run_dir / "model.onnx", cfg.threads, ctx.config.device)
+                dense, compressed = sessions()
                 opinions.append(self._measure(dense, compressed, feed, cfg, attempts))
             opinions.sort(key=lambda o: o[0].speedup)
             result, problem = opinions[len(opinions) // 2]
