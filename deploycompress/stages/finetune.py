@@ -6,7 +6,8 @@ uses the same data, teacher, learning rate and loss:
 - `regularized_finetune`: a regularised phase on the dense model before channels are scored
   (finetune.regularize_epochs; `--regularizer synaptic_strength`, `--importance dsm`);
 - `finetune_round_fn`: the brief finetunes between rounds of an iterative policy (SAP), of the model
-  masked to the round's plan (finetune.round_epochs).
+  masked to the round's plan (finetune.round_epochs);
+- `short_fit` also runs SPDY's finalist finetunes (prune.finetuned_loss_fn, finetune.select_epochs).
 """
 from __future__ import annotations
 
@@ -27,14 +28,24 @@ from .base import Stage
 DEFAULT_EPOCHS_WITH_LABELS = 6
 
 
+def finetune_epochs(ctx: RunContext) -> int:
+    """The finetune stage's epochs: as configured, else the default (6 with labels, 0 data-free)."""
+    configured = ctx.config.finetune.epochs
+    if configured is not None:
+        return configured
+    return DEFAULT_EPOCHS_WITH_LABELS if ctx.data.has_labels else 0
+
+
 def short_fit(ctx: RunContext, epochs: float, seed: int, regularizer: Regularizer | None = None,
-              description: str = "finetune") -> list[float]:
-    """Finetune ctx.model for `epochs`; below one epoch, one pass over a random fraction of the
-    training set (a different fraction for each seed), so a "short" finetune costs what it says."""
+              description: str = "finetune", data: DataBundle | None = None) -> list[float]:
+    """Finetune ctx.model for `epochs` on `data` (default: the run's data); below one epoch, one pass
+    over a random fraction of the training set (a different fraction for each seed), so a "short"
+    finetune costs what it says."""
     if epochs <= 0:
         return []
     cfg = ctx.config.finetune
-    data, whole = ctx.data, max(1, round(epochs))
+    data = ctx.data if data is None else data
+    whole = max(1, round(epochs))
     if epochs < 1:
         count = max(cfg.batch_size, math.ceil(epochs * len(data.x_train)))
         index = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))[:count]
@@ -96,15 +107,9 @@ class FinetuneStage(Stage):
     name = "finetune"
     outputs = ("finetuned.pt",)
 
-    def epochs(self, ctx: RunContext) -> int:
-        configured = ctx.config.finetune.epochs
-        if configured is not None:
-            return configured
-        return DEFAULT_EPOCHS_WITH_LABELS if ctx.data.has_labels else 0
-
     def run(self, ctx: RunContext) -> None:
         cfg = ctx.config.finetune
-        epochs = self.epochs(ctx)
+        epochs = finetune_epochs(ctx)
         regularizer = None
         if cfg.regularizer and epochs:
             graph = ctx.graph or GroupGraph(ctx.model, ctx.example_input, ctx.config.ignore)

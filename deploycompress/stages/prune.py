@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -12,35 +13,84 @@ from ..models.loading import cache_dir
 from ..context import RunContext
 from ..fileio import atomic_write, write_json
 from ..allocation.latency_model import build_latency_model
+from ..data import DataBundle
 from ..graph import ChannelMasks, GroupGraph, Plan
 from ..allocation.sap import layer_pqi
 from ..importance import ScoringContext, criterion_scorer
 from ..training import predict
 from .base import Stage
-from .finetune import finetune_round_fn, record_pqi_after, regularize_before_scoring, regularized_finetune
+from .finetune import (finetune_epochs, finetune_round_fn, record_pqi_after, regularize_before_scoring,
+                       regularized_finetune, short_fit)
 
 
-def calibration_loss_fn(ctx: RunContext, graph: GroupGraph):
-    """Loss of the model masked to a plan, on calibration data: cross-entropy with labels, else
-    distillation against the dense model. BatchNorm statistics are re-estimated for each plan first
-    (and restored afterwards): with stale statistics every heavily pruned plan looks equally broken and
-    the allocation search has nothing to go on."""
+def _calibration_objective(ctx: RunContext) -> Callable[[torch.Tensor], float]:
+    """logits on the calibration inputs -> loss: cross-entropy with labels, else distillation (KL)
+    against the dense model."""
     x = ctx.calibration
     labels = ctx.data.y_train[: len(x)] if ctx.data.has_labels else None
     teacher = predict(ctx.dense, x)
+
+    def objective(logits: torch.Tensor) -> float:
+        if labels is not None:
+            return float(F.cross_entropy(logits, labels))
+        return float(F.kl_div(F.log_softmax(logits, 1), F.softmax(teacher, 1), reduction="batchmean"))
+
+    return objective
+
+
+def calibration_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], float]:
+    """Loss of the model masked to a plan, on calibration data. BatchNorm statistics are re-estimated
+    for each plan first (and restored afterwards): with stale statistics every heavily pruned plan
+    looks equally broken and the allocation search has nothing to go on."""
+    objective = _calibration_objective(ctx)
 
     def loss(plan: Plan) -> float:
         saved = _batchnorm_buffers(ctx.model)
         masks = ChannelMasks(graph, plan)
         try:
             recalibrate_batchnorm(ctx)
-            logits = predict(ctx.model, x)
+            logits = predict(ctx.model, ctx.calibration)
         finally:
             masks.remove()
             _restore_batchnorm_buffers(ctx.model, saved)
-        if labels is not None:
-            return float(F.cross_entropy(logits, labels))
-        return float(F.kl_div(F.log_softmax(logits, 1), F.softmax(teacher, 1), reduction="batchmean"))
+        return objective(logits)
+
+    return loss
+
+
+def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], float] | None:
+    """Loss on the calibration samples of the model masked to a plan after a short finetune
+    (finetune.select_epochs) on the rest of the training data, from the same weights and seed for every
+    plan; the weights are restored afterwards. None when no finetune follows the prune stage (the
+    calibration loss is then the right criterion) or when nothing is left to train on.
+
+    Why: the calibration loss right after pruning ranks plans by how little they break the model, and a
+    finetune changes that ranking. On mobilenet_digits at 3x the plan with the lower calibration loss
+    finetuned to lower accuracy (benchmarks/results/allocation.md); which plan recovers best is measured,
+    the way NetAdapt picks among its proposals by short-term finetuned accuracy."""
+    epochs = ctx.config.finetune.select_epochs
+    held_out = len(ctx.calibration)
+    data = ctx.data
+    if finetune_epochs(ctx) == 0 or epochs <= 0 or len(data.x_train) <= held_out:
+        return None
+    rest = DataBundle(data.name, data.x_train[held_out:], None if data.y_train is None else data.y_train[held_out:],
+                      data.x_test, data.y_test, data.num_classes)
+    objective = _calibration_objective(ctx)
+    finalists = iter(range(1, 1_000_000))
+
+    def loss(plan: Plan) -> float:
+        number = next(finalists)
+        saved = {name: tensor.clone() for name, tensor in ctx.model.state_dict().items()}
+        masks = ChannelMasks(graph, plan)
+        try:
+            recalibrate_batchnorm(ctx)  # as the prune stage does before the real finetune
+            short_fit(ctx, epochs, ctx.config.seed, description=f"finalist {number} finetune", data=rest)
+            logits = predict(ctx.model, ctx.calibration)
+        finally:
+            masks.remove()
+            ctx.model.load_state_dict(saved)
+            ctx.model.eval()
+        return objective(logits)
 
     return loss
 
@@ -106,7 +156,8 @@ class PruneStage(Stage):
         problem = AllocationProblem(graph, scores, cfg.target_speedup, cfg.prune.max_overshoot,
                                     cfg.prune.channel_multiple, meter, calibration_loss_fn(ctx, graph), cfg.seed,
                                     spdy_evaluations=cfg.prune.spdy_evaluations,
-                                    finetune_round=finetune_round_fn(ctx, graph, rescore))
+                                    finetune_round=finetune_round_fn(ctx, graph, rescore),
+                                    finetuned_loss=finetuned_loss_fn(ctx, graph))
         result = policies.get(cfg.prune.policy)().allocate(problem)
         # Per-group latency and the whole-model prediction, for every policy: the latency model is fitted
         # to every candidate measured during the search except the chosen plan itself, so the error of
