@@ -118,6 +118,7 @@ def markdown(report: dict, plots: list[str] | None = None) -> str:
     if report["skipped_groups"]:
         lines += ["", "## Left dense", ""]
         lines += [f"- `{s['name']}`: {s['reason']}" for s in report["skipped_groups"]]
+    lines += _choice_lines(report)
     lines += _notes_and_pqi_lines(report)
     rt = report.get("runtime") or {}
     lines += ["", "## Measurement", "",
@@ -127,6 +128,28 @@ def markdown(report: dict, plots: list[str] | None = None) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     return "\n".join(lines)
+
+
+def _choice_lines(report: dict) -> list[str]:
+    """How SPDY chose among the plans it confirmed in the window: the criterion, and the finalists'
+    losses when a short finetune ranked them."""
+    details = report.get("search", {}).get("details", {})
+    if not details.get("chosen_by"):
+        return []
+    lines = ["", "## How the plan was chosen", "",
+             f"Chosen by {details['chosen_by']} from {details.get('accepted_in_window', 0)} plan(s) measured inside the "
+             f"search window; it came from `{details.get('chosen_source')}` (calibrate/verify: the dynamic program; "
+             "uniform/global: the baseline families searched as candidates)."]
+    finalists = details.get("finalists") or []
+    if finalists:
+        lines += ["", "Finalists, each finetuned briefly from the same weights; the gain is over the first row (the "
+                  "lowest calibration loss), paired per held-out sample, with its standard error.", "",
+                  "| finalist from | measured speedup | calibration loss | loss after short finetune | gain (SE) | chosen |",
+                  "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {f['source']} | {f['measured_speedup']:.2f}x | {f['calibration_loss']:.4f} | "
+                  f"{f['finetuned_loss']:.4f} | {f['gain_over_first']:+.4f} ({f['gain_standard_error']:.4f}) | "
+                  f"{'yes' if f['chosen'] else ''} |" for f in finalists]
+    return lines
 
 
 def _notes_and_pqi_lines(report: dict) -> list[str]:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -145,9 +146,9 @@ class AllocationProblem:
     # For iterative policies (SAP): finetune the working model masked to a plan briefly and return fresh
     # scores for every group. None where the caller cannot train (scores then stay as they are).
     finetune_round: Callable[[Plan], dict[str, torch.Tensor]] | None = None
-    # For choosing among finalist plans when a finetune follows: the loss on held-out samples of the
+    # For choosing among finalist plans when a finetune follows: the loss per held-out sample of the
     # model masked to a plan after a short finetune. None where no finetune follows.
-    finetuned_loss: Callable[[Plan], float] | None = None
+    finetuned_loss: Callable[[Plan], np.ndarray] | None = None
 
     @property
     def window(self) -> tuple[float, float]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from typing import Callable
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 
@@ -23,17 +25,17 @@ from .finetune import (finetune_epochs, finetune_round_fn, record_pqi_after, reg
                        regularized_finetune, short_fit)
 
 
-def _calibration_objective(ctx: RunContext) -> Callable[[torch.Tensor], float]:
-    """logits on the calibration inputs -> loss: cross-entropy with labels, else distillation (KL)
-    against the dense model."""
+def _calibration_objective(ctx: RunContext) -> Callable[[torch.Tensor], torch.Tensor]:
+    """logits on the calibration inputs -> loss per sample: cross-entropy with labels, else
+    distillation (KL) against the dense model. Their mean is the calibration loss."""
     x = ctx.calibration
     labels = ctx.data.y_train[: len(x)] if ctx.data.has_labels else None
     teacher = predict(ctx.dense, x)
 
-    def objective(logits: torch.Tensor) -> float:
+    def objective(logits: torch.Tensor) -> torch.Tensor:
         if labels is not None:
-            return float(F.cross_entropy(logits, labels))
-        return float(F.kl_div(F.log_softmax(logits, 1), F.softmax(teacher, 1), reduction="batchmean"))
+            return F.cross_entropy(logits, labels, reduction="none")
+        return F.kl_div(F.log_softmax(logits, 1), F.softmax(teacher, 1), reduction="none").sum(1)
 
     return objective
 
@@ -53,13 +55,13 @@ def calibration_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], 
         finally:
             masks.remove()
             _restore_batchnorm_buffers(ctx.model, saved)
-        return objective(logits)
+        return float(objective(logits).mean())
 
     return loss
 
 
-def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], float] | None:
-    """Loss on the calibration samples of the model masked to a plan after a short finetune
+def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], np.ndarray] | None:
+    """Loss per calibration sample of the model masked to a plan after a short finetune
     (finetune.select_epochs) on the rest of the training data, from the same weights and seed for every
     plan; the weights are restored afterwards. None when no finetune follows the prune stage (the
     calibration loss is then the right criterion) or when nothing is left to train on.
@@ -90,7 +92,7 @@ def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], fl
             masks.remove()
             ctx.model.load_state_dict(saved)
             ctx.model.eval()
-        return objective(logits)
+        return objective(logits).numpy()
 
     return loss
 
