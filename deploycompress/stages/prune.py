@@ -5,7 +5,6 @@ import json
 from typing import Callable
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 
@@ -80,7 +79,7 @@ def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], np
     objective = _calibration_objective(ctx)
     finalists = iter(range(1, 1_000_000))
 
-    def loss(plan: Plan) -> float:
+    def loss(plan: Plan) -> np.ndarray:
         number = next(finalists)
         saved = {name: tensor.clone() for name, tensor in ctx.model.state_dict().items()}
         masks = ChannelMasks(graph, plan)
