@@ -49,6 +49,7 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
             "accuracy_finetuned": report["accuracy"]["compressed"], "finetune_epochs": report["finetune"]["epochs"],
             "chosen_by": details.get("chosen_by"), "chosen_source": details.get("chosen_source"),
             "chosen_source_no_finetune": bare["search"].get("details", {}).get("chosen_source"),
+            "finalists": [{k: v for k, v in f.items() if k != "widths"} for f in details.get("finalists", [])],
             "prune_seconds": next(s["seconds"] for s in report["stages"] if s["name"] == "prune"),
             "seconds": seconds + bare_seconds,
             "widths": {layer["name"]: layer["channels_after"] for layer in report["layers"]}}

@@ -131,3 +131,35 @@ def test_step_into_window_narrows_a_plan_that_falls_short():
     result = step_into_window(start, speedup(start), levels, errors, speedup, speedup, 2.0, 2.2, steps=10)
     assert result is not None and 2.0 <= result[0] <= 2.2
     assert all(result[1][k] <= start[k] for k in start)  # only ever narrower
+
+
+def test_cached_measurements_are_set_aside_when_the_dense_model_runs_at_another_speed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from deploycompress.allocation import base
+    from deploycompress.latency import runtime
+
+    model = create_model("vgg_digits").eval()
+    example = torch.zeros(1, 1, 16, 16)
+    graph = GroupGraph(model, example)
+    plan = {g.name: list(range(g.channels // 2)) for g in graph.groups}
+    dense_now = {"ms": 1.0}
+    compared = []
+    monkeypatch.setattr(runtime, "measure", lambda *a, **k: SimpleNamespace(median_ms=dense_now["ms"]))
+    monkeypatch.setattr(runtime, "compare", lambda *a, **k: compared.append(1) or SimpleNamespace(speedup=2.0,
+                                                                                                 ratio_spread=0.1))
+    cache = tmp_path / "measurements.json"
+
+    def meter():
+        return base.SpeedupMeter(model, example, threads=1, batch_size=1, rounds=5, cache_path=cache)
+
+    first = meter()
+    assert first.measure(plan).speedup == 2.0 and len(compared) == 1 and first.notes == []
+    dense_now["ms"] = 1.0 + base.CACHE_DRIFT_LIMIT / 2  # within the limit: the cache holds
+    again = meter()
+    assert again.dense_ms == 1.0 and again.measure(plan).speedup == 2.0 and len(compared) == 1
+    dense_now["ms"] = 1.0 + base.CACHE_DRIFT_LIMIT * 3  # the machine drifted: measure afresh
+    drifted = meter()
+    assert drifted.dense_ms == dense_now["ms"] and "set aside" in drifted.notes[0]
+    drifted.measure(plan)
+    assert len(compared) == 2

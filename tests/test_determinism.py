@@ -68,7 +68,13 @@ def prune_once(files: dict, out: Path, seed: int) -> tuple[dict, dict]:
     return saved["plan"], saved["prune"]
 
 
-def test_same_inputs_and_seed_give_the_same_allocation(user_files, tmp_path):
+def test_same_inputs_and_seed_give_the_same_allocation(user_files, tmp_path, monkeypatch):
+    # The cache is what makes the second run read the first run's figures; on a busy machine the dense
+    # model's latency can move more than the drift limit between two runs, which would set it aside
+    # (tested in test_allocation.py), so the limit is lifted here.
+    from deploycompress.allocation import base
+
+    monkeypatch.setattr(base, "CACHE_DRIFT_LIMIT", 10.0)
     first, info = prune_once(user_files, tmp_path / "first", seed=7)
     second, again = prune_once(user_files, tmp_path / "second", seed=7)
     assert second == first

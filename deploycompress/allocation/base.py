@@ -35,6 +35,9 @@ class Measurement:
 
 
 CACHEABLE_RATIO_SPREAD = 0.5
+# Cached measurements are reused only while the dense model's latency today is within this fraction of
+# its latency when the cache was written.
+CACHE_DRIFT_LIMIT = 0.10
 
 
 def model_digest(model: nn.Module, example_input: torch.Tensor) -> str:
@@ -66,11 +69,22 @@ class SpeedupMeter:
         self.fingerprint = {**runtime.runtime_fingerprint(threads, batch_size, device), "rounds": rounds}
         self.history: list[Measurement] = []
         self._cache: dict[str, Measurement] = {}
-        self.dense_ms = self._load_cache()
+        self.notes: list[str] = []
+        cached_dense_ms = self._load_cache()
         self.dense_session = runtime.make_session(export_bytes(dense, example_input), threads, device)
         self.feed = runtime.random_feed(self.dense_session, batch_size)
-        if self.dense_ms is None:
-            self.dense_ms = runtime.measure(self.dense_session, self.feed, rounds=rounds).median_ms
+        self.dense_ms = runtime.measure(self.dense_session, self.feed, rounds=rounds).median_ms
+        # The cached ratios hold only while the machine runs the dense model as it did when they were
+        # taken: on a shared 2-core VM the dense model went from 0.23 to 0.30 ms within the hour, and
+        # a plan cached at 3.10x then measured 2.85x. A drifted machine measures everything afresh.
+        if cached_dense_ms is not None and abs(self.dense_ms / cached_dense_ms - 1) <= CACHE_DRIFT_LIMIT:
+            self.dense_ms = cached_dense_ms
+        else:
+            if cached_dense_ms is not None:
+                self.notes.append(f"measurement cache set aside: the dense model now runs in {self.dense_ms:.3f} ms "
+                                  f"against {cached_dense_ms:.3f} ms when the cache was written (more than "
+                                  f"{CACHE_DRIFT_LIMIT:.0%} apart), so every candidate is measured afresh")
+                self._cache = {}
             self._save_cache()
 
     def _load_cache(self) -> float | None:

@@ -154,6 +154,8 @@ class PruneStage(Stage):
         meter = SpeedupMeter(ctx.dense, ctx.example_input, cfg.profile.threads, cfg.profile.batch_size,
                              cfg.prune.search_rounds, cfg.device,
                              cache_path=cache if cfg.prune.reuse_measurements else None)
+        for note in meter.notes:
+            print(f"prune: {note}")
         problem = AllocationProblem(graph, scores, cfg.target_speedup, cfg.prune.max_overshoot,
                                     cfg.prune.channel_multiple, meter, calibration_loss_fn(ctx, graph), cfg.seed,
                                     spdy_evaluations=cfg.prune.spdy_evaluations,
@@ -179,7 +181,8 @@ class PruneStage(Stage):
                    "pqi_before": pqi_before.get(g.name), "members": g.members} for g in graph.groups]
         info = {"policy": cfg.prune.policy, "importance": cfg.prune.importance,
                 "search_speedup": result.measured_speedup, "predicted_speedup": result.predicted_speedup,
-                "predicted_latency_ms": predicted_ms, "search_dense_ms": meter.dense_ms, "notes": scoring.notes + problem.notes,
+                "predicted_latency_ms": predicted_ms, "search_dense_ms": meter.dense_ms,
+                "notes": meter.notes + scoring.notes + problem.notes,
                 "candidates": [{"speedup": m.speedup, "latency_ms": m.latency_ms, "widths": m.widths}
                                for m in meter.history],
                 "details": result.details, "layers": layers,
