@@ -377,7 +377,7 @@ class SPDY(AllocationPolicy):
                      "coefficients": search.coefficients.round(4).tolist(), "search_loss": search.score,
                      "sensitivity": [round(v, 5) for v in sensitivity],
                      "search_evaluations": search.evaluations, "distinct_plans_scored": len(losses),
-                     "final_loss": loss_of(widths), "accepted_in_window": len(accepted),
+                     "final_loss": loss_of(widths), "accepted_in_window": len({_key(a[2]) for a in accepted}),
                      "chosen_by": chosen_by, "chosen_source": sources.get(_key(widths)), "finalists": finalists,
                      "seed_plans": seed_plans,
                      "baselines": baselines,
