@@ -17,9 +17,9 @@ the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts
    latency too (a plan just above the window widened into it), and of every plan confirmed inside
    the window the lowest-loss one is chosen.
 6. When a finetune follows, the best few of those plans by calibration loss and every baseline plan in
-   the window are each finetuned briefly from the same weights, and the lowest held-out loss wins
-   (`AllocationProblem.finetuned_loss`): the ranking right after pruning is not the ranking after a
-   finetune.
+   the window are each finetuned briefly from the same weights (`AllocationProblem.finetuned_loss`),
+   and one that is clearly better on held-out loss replaces the calibration-loss choice
+   (`choose_plan`): the ranking right after pruning is not the ranking after a finetune.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ POLISH_STEPS = 5
 # A measured plan this close to the window (as a ratio of its edge) is stepped in, not re-aimed.
 NEAR_MISS = 1.08
 # When a finetune follows, this many of the lowest-calibration-loss DP plans in the window (and every
-# baseline plan there) are finetuned briefly, and the lowest held-out loss is chosen.
+# baseline plan there) are finetuned briefly and compared on held-out loss (`choose_plan`).
 FINALISTS = 3
 # A finalist replaces the calibration-loss choice when its mean gain after the short finetune is this
 # many standard errors of the paired per-sample differences.
@@ -87,7 +87,7 @@ def step_into_window(start: dict[str, int], start_speedup: float, levels: dict[s
             if j is None:
                 continue
             trial = {**current, name: widths[j]}
-            if tuple(sorted(trial.items())) in rejected:
+            if _key(trial) in rejected:
                 continue
             expected = current_speedup * predict_speedup(trial) / base
             error_change = abs(errors[name][j] - errors[name][k])
@@ -112,7 +112,7 @@ def step_into_window(start: dict[str, int], start_speedup: float, levels: dict[s
         if (speedup < goal) == narrowing:  # still on the same side: keep walking from here
             current, current_speedup = trial, speedup
         else:
-            rejected.add(tuple(sorted(trial.items())))
+            rejected.add(_key(trial))
     return None
 
 
@@ -246,7 +246,7 @@ class SPDY(AllocationPolicy):
             landed = None
             for _ in range(CALIBRATION_STEPS):
                 aim, widths = aim_for(coefficients, wanted)
-                key = tuple(sorted(widths.items()))
+                key = _key(widths)
                 if key in seen:  # the model keeps proposing a measured plan: push the request instead
                     wanted *= 1.03 if over is None else 0.98
                     continue
@@ -291,7 +291,7 @@ class SPDY(AllocationPolicy):
         losses: dict[tuple, float] = {}
 
         def loss_of(widths: dict[str, int]) -> float:
-            key = tuple(sorted(widths.items()))
+            key = _key(widths)
             if key not in losses:
                 losses[key] = problem.calibration_loss(problem.plan_from_widths(widths))
             return losses[key]

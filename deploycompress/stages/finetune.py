@@ -11,6 +11,7 @@ uses the same data, teacher, learning rate and loss:
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -77,7 +78,7 @@ def regularize_before_scoring(ctx: RunContext, graph: GroupGraph) -> Regularizer
 def finetune_round_fn(ctx: RunContext, graph: GroupGraph,
                       rescore: Callable[[], dict[str, torch.Tensor]]) -> Callable[[Plan], dict[str, torch.Tensor]]:
     """For iterative policies: mask ctx.model to a plan, finetune it briefly, unmask, rescore."""
-    rounds = iter(range(1, 1_000_000))
+    rounds = itertools.count(1)
 
     def finetune_round(plan: Plan) -> dict[str, torch.Tensor]:
         number = next(rounds)

@@ -1,6 +1,7 @@
 """Prune: score channels, choose per-group widths against measured latency, mask the rest."""
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Callable
 
@@ -77,7 +78,7 @@ def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], np
     rest = DataBundle(data.name, data.x_train[held_out:], None if data.y_train is None else data.y_train[held_out:],
                       data.x_test, data.y_test, data.num_classes)
     objective = _calibration_objective(ctx)
-    finalists = iter(range(1, 1_000_000))
+    finalists = itertools.count(1)
 
     def loss(plan: Plan) -> np.ndarray:
         number = next(finalists)
