@@ -163,3 +163,31 @@ def test_cached_measurements_are_set_aside_when_the_dense_model_runs_at_another_
     assert drifted.dense_ms == dense_now["ms"] and "set aside" in drifted.notes[0]
     drifted.measure(plan)
     assert len(compared) == 2
+
+
+def test_a_noisy_measurement_is_taken_again_and_persisted_so_a_rerun_reads_it(tmp_path, monkeypatch):
+    """A figure whose rounds disagree is measured once more with twice the rounds; the steadier one is
+    cached on disk like any other, so a second run with the same seed decides on the same figure."""
+    from types import SimpleNamespace
+
+    from deploycompress.allocation import base
+    from deploycompress.latency import runtime
+
+    model = create_model("vgg_digits").eval()
+    example = torch.zeros(1, 1, 16, 16)
+    graph = GroupGraph(model, example)
+    plan = {g.name: list(range(g.channels // 2)) for g in graph.groups}
+    answers = [SimpleNamespace(speedup=3.4, ratio_spread=0.9), SimpleNamespace(speedup=2.1, ratio_spread=0.2)]
+    asked_rounds = []
+
+    def fake_compare(*args, rounds=30, **kwargs):
+        asked_rounds.append(rounds)
+        return answers[len(asked_rounds) - 1]
+
+    monkeypatch.setattr(runtime, "measure", lambda *a, **k: SimpleNamespace(median_ms=1.0))
+    monkeypatch.setattr(runtime, "compare", fake_compare)
+    cache = tmp_path / "measurements.json"
+    first = base.SpeedupMeter(model, example, threads=1, batch_size=1, rounds=5, cache_path=cache)
+    assert first.measure(plan).speedup == 2.1 and asked_rounds == [5, 10]
+    second = base.SpeedupMeter(model, example, threads=1, batch_size=1, rounds=5, cache_path=cache)
+    assert second.measure(plan).speedup == 2.1 and asked_rounds == [5, 10]  # read from disk, not timed

@@ -157,3 +157,39 @@ def test_latency_model_corrects_its_offset_from_plans_of_similar_shape():
     # Leaving a plan's own measurement out, its neighbour (a at 24, not 16) still moves the prediction
     # more than halfway from the operator sum (0.80) towards the truth (0.90).
     assert 0.85 < model.predict_ms_excluding({"a": 16, "b": 64}) < 0.91
+
+
+def test_a_cached_table_rebuilds_nothing_for_widths_off_the_runtime_block(tmp_path):
+    """ORT's NCHWc layout pads channel counts to its block, so the profiler reports a 24 -> 40 conv with
+    the shapes of a 32 -> 48 one. Operators are timed by module, so every width a ladder asks for is
+    found in the cache on the second build, and the curves read back are the ones first measured."""
+    import copy
+
+    from deploycompress.graph import GroupGraph, apply_plan
+    from deploycompress.latency.table import build_table, find_operators
+    from deploycompress.onnx_export import export_bytes
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 40, 3, padding=1), torch.nn.BatchNorm2d(40), torch.nn.ReLU(),
+                                torch.nn.Conv2d(40, 56, 3, padding=1), torch.nn.BatchNorm2d(56), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(56, 10)).eval()
+    x = torch.zeros(1, 3, 16, 16)
+    graph = GroupGraph(model, x)
+    operators = find_operators(graph, batch=1)
+    channels = {g.name: g.channels for g in graph.groups}
+    ladder = [dict(channels), {name: c - 16 for name, c in channels.items()}]  # 24 and 40: off a 16 block
+
+    def build_variant(widths):
+        plan = {name: list(range(w)) for name, w in widths.items()}
+        return export_bytes(apply_plan(copy.deepcopy(model), x, plan), x)
+
+    fingerprint = runtime.runtime_fingerprint(threads=1, batch_size=1)
+    cache = LatencyTable.cache_file(tmp_path, fingerprint)
+    first = LatencyTable(fingerprint, cache)
+    curves = build_table(operators, ladder, channels, first, build_variant)
+    assert first.variants_profiled == 2 and len(curves) == len(operators) == 3
+    assert all(len(curve.x) == 2 for curve in curves.values())  # both widths of every operator were found
+    again = LatencyTable(fingerprint, cache)
+    reread = build_table(operators, ladder, channels, again, build_variant)
+    assert again.variants_profiled == 0
+    assert {k: c.y.tolist() for k, c in reread.items()} == {k: c.y.tolist() for k, c in curves.items()}

@@ -34,7 +34,9 @@ class Measurement:
     rounds: int = 0  # interleaved rounds behind the figure (0: unknown, from an older cache)
 
 
-CACHEABLE_RATIO_SPREAD = 0.5
+# A whole-model measurement whose per-round ratios spread more than this (a burst of host noise) is
+# taken once more with twice the rounds, and the steadier of the two stands.
+NOISY_RATIO_SPREAD = 0.5
 # Cached measurements are reused only while the dense model's latency today is within this fraction of
 # its latency when the cache was written.
 CACHE_DRIFT_LIMIT = 0.10
@@ -103,8 +105,7 @@ class SpeedupMeter:
     def _save_cache(self) -> None:
         if self.cache_path is not None:
             write_json(self.cache_path, {"fingerprint": self.fingerprint, "dense_ms": self.dense_ms,
-                                         "measurements": {k: asdict(m) for k, m in self._cache.items()
-                                                          if m.spread <= CACHEABLE_RATIO_SPREAD}})
+                                         "measurements": {k: asdict(m) for k, m in self._cache.items()}})
 
     def build(self, plan: Plan) -> nn.Module:
         return apply_plan(copy.deepcopy(self.dense), self.example_input, plan)
@@ -126,13 +127,17 @@ class SpeedupMeter:
             session = runtime.make_session(export_bytes(self.build(plan), self.example_input), self.threads,
                                            self.device)
             result = runtime.compare(self.dense_session, session, self.feed, rounds=rounds, warmup=5)
+            if result.ratio_spread > NOISY_RATIO_SPREAD:
+                again = runtime.compare(self.dense_session, session, self.feed, rounds=rounds * 2, warmup=5)
+                result = min(result, again, key=lambda r: r.ratio_spread)
             # Stored relative to the reference dense latency: absolute times drift, the ratio holds.
             self._cache[key] = Measurement(widths, result.speedup, self.dense_ms / result.speedup,
                                            result.ratio_spread, rounds)
-            # Only measurements whose rounds agreed are kept for later runs: a noisy outlier must not
-            # become a permanent figure.
-            if result.ratio_spread <= CACHEABLE_RATIO_SPREAD:
-                self._save_cache()
+            # Every figure a decision was made from is persisted, noisy or not: a re-run (or a resume)
+            # with the same seed must read the figures the first run decided on, or it walks another
+            # path (a noisy figure left out of the cache made the determinism test fail in CI). A verdict
+            # such as "out of reach" re-measures fresh; a machine whose speed drifted sets the cache aside.
+            self._save_cache()
         measurement = self._cache[key]
         # First-measured order, latest figure: the candidate list reads the same in every run.
         positions = [i for i, m in enumerate(self.history) if m.widths == widths]

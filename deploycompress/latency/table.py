@@ -3,15 +3,17 @@ each candidate width.
 
 How it is measured: the model is built at a ladder of uniform keep ratios (dense, 7/8, ... 1/8 of every
 group, on the channel multiples the runtime rewards), each variant is exported and run under ORT's
-profiler, and every Conv/Gemm/MatMul kernel's time is recorded under its operator signature, read from
-the shapes the profiler reports (batch, input and output widths, spatial size, kernel, groups).
+profiler, and every conv/linear operator's time is recorded under its operator signature (batch, input
+and output widths, spatial size, kernel, groups) at that variant's widths.
 Operators are timed in context on purpose: an operator timed alone pays for layout changes (ORT's
 NCHWc reorders) and run overhead that a chain of fused convs inside a model does not, and the error is
 not a constant (measured here: a 32->32 3x3 conv at 16x16 took 90 us alone, 51 us inside the model).
 
-Attention heads have no single kernel: an nn.MultiheadAttention becomes projections, two batched
-MatMuls, a softmax and reshapes. Each one is an "attention" operator whose time is the sum of every
-profiled node that maps back (profiler.LayerMap) into that module, and whose width is its head count.
+Every operator's time is the sum of the profiled nodes that map back (profiler.LayerMap) to its module:
+ORT fuses BatchNorm and activations into the conv, and its NCHWc layout pads channel counts to its
+block, so the shapes the profiler reports are not the model's widths. Attention heads have no single
+kernel: an nn.MultiheadAttention becomes projections, two batched MatMuls, a softmax and reshapes; it
+is one "attention" operator timed over its whole module, whose width is its head count.
 
 Any operator's time at any widths is then interpolated along its own measured ladder in the
 coordinate its cost scales with (input width x output width, or width for depthwise).
@@ -44,6 +46,9 @@ from .profiler import LayerMap, aggregate_events
 PROFILE_MIN_RUNS = 20
 PROFILE_WARMUP_RUNS = 5
 PROFILE_TARGET_MS = 250.0
+# Bumped whenever what an entry means changes, so a cache written by an older build is not mixed in
+# (2: operators timed by module, not by the shapes the profiler reports).
+TABLE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,15 @@ def signatures_from_profile(events: list[dict], batch: int) -> dict[str, list[fl
 
 def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device: str = "cpu",
                            scopes: dict[str, OpSignature] | None = None) -> dict[str, float]:
-    """Run a model under ORT's profiler; mean kernel time per operator signature (ms). `scopes` maps
-    module names to the signature their summed node time is recorded under (attention operators)."""
+    """Run a model under ORT's profiler; time per run (ms) of each operator, keyed by its signature.
+
+    `scopes` maps each operator's module name to its signature at this variant's widths. An operator's
+    time is the sum of the profiled nodes that map back to its module (profiler.LayerMap), which is the
+    only way to tell what a node computed: ORT's NCHWc layout pads channel counts to its block (16 on
+    an AVX2 EPYC here), so a 24 -> 40 conv is profiled with the shapes of a 32 -> 48 one, and a table
+    keyed by profiled shapes never found widths off the block and re-profiled them on every run. An
+    operator no node maps to falls back to its signature as read from the profiled shapes. Without
+    `scopes`, every Conv/Gemm/MatMul is recorded under the signature its profiled shapes give."""
     with tempfile.TemporaryDirectory(prefix="dc-profile-") as tmp:
         session = runtime.make_session(model_bytes, threads, device, profile_dir=tmp)
         feed = runtime.random_feed(session, batch)
@@ -124,9 +136,13 @@ def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device:
     samples = signatures_from_profile(warm, batch)
     # Several operators can share a signature (two identical convs); each run then contributes several
     # samples. A trimmed mean keeps sub-microsecond resolution that a median of integer us would lose.
-    times = {key: _trimmed_mean(values) for key, values in samples.items()}
-    if scopes:
-        times.update(scope_times(events, onnx.load_from_string(model_bytes), scopes))
+    by_shape = {key: _trimmed_mean(values) for key, values in samples.items()}
+    if not scopes:
+        return by_shape
+    times = scope_times(events, onnx.load_from_string(model_bytes), scopes)
+    for sig in scopes.values():
+        if sig.key() not in times and sig.key() in by_shape:
+            times[sig.key()] = by_shape[sig.key()]
     return times
 
 
@@ -258,7 +274,8 @@ class LatencyTable:
 
     @staticmethod
     def cache_file(cache_root: Path, fingerprint: dict) -> Path:
-        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+        keyed = {**fingerprint, "table_format": TABLE_FORMAT}
+        digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
         return cache_root / "latency" / f"ops-{digest}.json"
 
     def missing(self, signatures: list[OpSignature]) -> list[OpSignature]:
@@ -304,7 +321,7 @@ def build_table(operators: list[Operator], ladder: list[dict[str, int]], group_c
         removed = {g: group_channels[g] - w for g, w in widths.items()}
         needed = [widths_signature(op, removed) for op in operators]
         if table.missing(needed):
-            scopes = {op.name: sig for op, sig in zip(operators, needed) if sig.kind == "attention"}
+            scopes = {op.name: sig for op, sig in zip(operators, needed)}
             table.record(profile_operator_times(build_variant(widths), fp["threads"], fp["batch_size"], fp["device"],
                                                 scopes))
             table.variants_profiled += 1
