@@ -44,7 +44,10 @@ def parse_shape(value: str | list | tuple | None) -> tuple[int, ...] | None:
 class PruneConfig:
     policy: str = "spdy"
     importance: str = "l2"
-    channel_multiple: int = 8
+    # Channel counts are kept on multiples of this. Not set: the runtime's own block, read off ONNX
+    # Runtime (latency/runtime.py channel_block: 16 on AVX-512, 8 on AVX2), since a width off the block
+    # costs what the next multiple up does.
+    channel_multiple: int | None = None
     calibration_samples: int = 256
     max_overshoot: float = 0.10  # measured speedup may exceed the target by at most this fraction
     search_rounds: int = 15  # measured-latency rounds per candidate in the search
@@ -54,7 +57,7 @@ class PruneConfig:
     reuse_measurements: bool = True
 
     def __post_init__(self) -> None:
-        if self.channel_multiple < 1:
+        if self.channel_multiple is not None and self.channel_multiple < 1:
             raise UserError("prune.channel_multiple must be at least 1")
         if self.calibration_samples < 1:
             raise UserError("prune.calibration_samples must be at least 1")

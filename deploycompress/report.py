@@ -55,6 +55,8 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         "onnx": ctx.report.get("onnx"),
         "policy": prune.get("policy"),
         "importance": prune.get("importance"),
+        "channel_multiple": prune.get("channel_multiple"),
+        "channel_multiple_source": prune.get("channel_multiple_source"),
         "finetune": ctx.report.get("finetune"),
         "stages": timings,
         "total_seconds": round(total_seconds, 3),
@@ -98,7 +100,9 @@ def summary_lines(report: dict) -> list[str]:
         f"accuracy  dense {_fmt(acc['dense'], '.2f', '%')} -> compressed {_fmt(acc['compressed'], '.2f', '%')}",
         f"onnx      parity max |torch - ORT| = {report['onnx']['max_abs_diff']:.2e}, opset {report['onnx']['opset']}",
         f"policy    {report['policy']} with importance {report['importance']}; "
-        f"{len(report['search']['candidates'])} candidates measured",
+        f"{len(report['search']['candidates'])} candidates measured"
+        + (f"; channels in multiples of {report['channel_multiple']} ({report['channel_multiple_source']})"
+           if report.get("channel_multiple") else ""),
     ]
     return lines
 

@@ -86,6 +86,9 @@ def test_same_inputs_and_seed_give_the_same_allocation(user_files, tmp_path, mon
     # ... and a real plan, pruned to the target, not the dense model
     assert any(len(first[layer["name"]]) < layer["channels_before"] for layer in info["layers"])
     assert info["search_speedup"] >= 1.4
+    # no recipe set a channel multiple: the runtime's own block was read and every width is on it
+    assert info["channel_multiple"] == runtime.channel_block() and "runtime" in info["channel_multiple_source"]
+    assert all(len(kept) % info["channel_multiple"] == 0 for kept in first.values())
 
 
 # --- noisy clocks -------------------------------------------------------------------------------

@@ -97,7 +97,8 @@ def test_affine_fit_recovers_line():
 
 
 @pytest.mark.parametrize("channels,multiple,expected", [
-    (32, 8, [32, 24, 16, 8]), (36, 8, [36, 32, 24, 16, 8]), (8, 8, [8, 6, 4, 2]), (3, 8, [3, 2, 1])])
+    (32, 8, [32, 24, 16, 8]), (36, 8, [36, 32, 24, 16, 8]), (8, 8, [8, 6, 4, 2]), (3, 8, [3, 2, 1]),
+    (24, 16, [24, 16]), (32, 16, [32, 16]), (16, 16, [16, 12, 8, 4])])
 def test_level_widths(channels, multiple, expected):
     assert level_widths(channels, multiple) == expected
 

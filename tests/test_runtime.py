@@ -37,3 +37,22 @@ def test_random_feed_uses_batch():
     session = _session(8)
     feed = runtime.random_feed(session, 4)
     assert next(iter(feed.values())).shape == (4, 1, 16, 16)
+
+
+def test_channel_block_is_the_padding_ort_applies_to_a_conv_off_the_block():
+    """The block read off ORT (a one-conv probe) is what its NCHWc rewrite pads a real model's conv to:
+    24 output channels run as 32 where the block is 16 (AVX-512), as 24 where it is 8."""
+    import json
+    import tempfile
+
+    block = runtime.channel_block()
+    assert block % runtime.DEFAULT_CHANNEL_MULTIPLE == 0
+    assert runtime.channel_block("cuda") == runtime.DEFAULT_CHANNEL_MULTIPLE
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3, padding=1), torch.nn.ReLU()).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        session = runtime.make_session(export_bytes(model, torch.zeros(1, 3, 16, 16)), threads=1, profile_dir=tmp)
+        session.run(None, runtime.random_feed(session, 1))
+        events = json.load(open(session.end_profiling()))
+    [conv] = [e for e in events if e.get("cat") == "Node" and e.get("args", {}).get("op_name") == "Conv"]
+    reported = next(iter(conv["args"]["input_type_shape"][1].values()))[0]
+    assert reported == -(-24 // block) * block

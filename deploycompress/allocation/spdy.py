@@ -49,8 +49,10 @@ DP_PHASES = ("calibrate", "verify")  # the `sources` of plans the DP proposed (t
 
 
 def level_widths(channels: int, multiple: int, max_levels: int = MAX_LEVELS) -> list[int]:
-    """Candidate widths, dense first, on multiples of `multiple` (or quarters for narrow groups)."""
-    if channels >= 2 * multiple:
+    """Candidate widths, dense first, on multiples of `multiple` (quarters for a group no wider than
+    one multiple: the runtime pads it to a whole block whatever its width, and only measurement can say
+    whether cutting it saves anything)."""
+    if channels > multiple:
         widths = list(range(channels - channels % multiple if channels % multiple else channels, multiple - 1, -multiple))
         if widths[0] != channels:
             widths.insert(0, channels)
