@@ -11,12 +11,15 @@ policy of a seed starts from the same dense model. The table shows the mean over
 keeps every run.
 
     python benchmarks/allocation.py [--models a,b] [--targets 2,3] [--seeds 0,1,2] [--epochs N]
+    python benchmarks/allocation.py --from-json results/allocation.json   # re-summarise, no runs
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
+from pathlib import Path
 
 from common import run_quietly, write_results
 
@@ -92,7 +95,16 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="finetune epochs (default: the product default)")
     parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--from-json", metavar="PATH",
+                        help="re-summarise the records of an earlier run (its JSON) instead of running again")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        records = saved["records"]
+        models = list(dict.fromkeys(r["model"] for r in records))
+        policies = list(dict.fromkeys(r["policy"] for r in records))
+        report(records, models, saved["targets"], policies, saved["seeds"], saved["environment"])
+        return
     models, policies = args.models.split(","), args.policies.split(",")
     targets = [float(t) for t in args.targets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -106,29 +118,49 @@ def main() -> None:
                     print(f"seed {seed} {model} {target:g}x {policy}: no finetune {r['accuracy_no_finetune']:.2f} "
                           f"at {r['measured_speedup_no_finetune']:.2f}x, finetuned {r['accuracy_finetuned']:.2f} "
                           f"at {r['measured_speedup']:.2f}x (prune {r['prune_seconds']:.0f} s)", flush=True)
+    report(records, models, targets, policies, seeds)
+
+
+def report(records: list[dict], models: list[str], targets: list[float], policies: list[str], seeds: list[int],
+           measured_in: dict | None = None) -> None:
+    """Write allocation.json and allocation.md; `measured_in` keeps an earlier run's environment."""
     rows, verdicts = summarize(records, models, targets, policies)
     wins = sum(v["spdy_at_least_as_accurate"] for v in verdicts)
     epochs = sorted({r["finetune_epochs"] for r in records})
     notes = [f"Measured targets {', '.join(f'{t:g}x' for t in targets)} (ONNX Runtime CPU, 1 thread, batch 1); "
              f"finetune {'/'.join(map(str, epochs))} epoch(s) of distillation + cross-entropy for every policy; "
-             f"accuracy = top-1 % on the digits test split (360 images), mean over seeds {args.seeds}. "
+             f"accuracy = top-1 % on the digits test split (360 images), mean over seeds "
+             f"{','.join(map(str, seeds))}. "
              "'no finetune' and 'finetuned' are separate runs (finetune.epochs 0, and the default); "
              "'spdy chose' is where SPDY's plan came from in each (DP phase, or a baseline family).",
              f"spdy at least as accurate as the best other policy (mean over seeds): {wins}/{len(verdicts)} "
              "(model, target, column) cells.",
              *[f"- NOT: {v['model']} {v['target']:g}x {v['column']}: spdy {v['spdy']:.2f} < {v['best_other']:.2f} "
                f"({(v['best_other'] - v['spdy']) * TEST_IMAGES / 100:.1f} test images a seed on average)"
-               for v in verdicts if not v["spdy_at_least_as_accurate"]]]
+               for v in verdicts if not v["spdy_at_least_as_accurate"]],
+             "Measured speedup (the profile stage's figure) against the allowed [target, target x 1.1], per policy "
+             "over every run of both columns:",
+             *[_speed_line(policy, [r for r in records if r["policy"] == policy]) for policy in policies]]
     untrusted = [f"{r['model']} {r['target']:g}x/{r['policy']}/seed {r['seed']}/{run}" for r in records
                  for run, key in (("no finetune", "trusted_no_finetune"), ("finetuned", "trusted")) if not r[key]]
     if untrusted:
-        notes.append(f"{len(untrusted)} run(s) had an untrusted speedup measurement (machine busy): "
+        notes.append(f"{len(untrusted)} run(s) had an untrusted speedup measurement (its rounds disagreed beyond the gate's limits): "
                      + ", ".join(untrusted))
-    write_results("allocation", {"records": records, "verdicts": verdicts, "targets": targets, "seeds": seeds},
+    payload = {"records": records, "verdicts": verdicts, "targets": targets, "seeds": seeds}
+    if measured_in is not None:
+        payload["environment"] = measured_in
+    write_results("allocation", payload,
                   ["model", "target", "policy", "speedup, no finetune", "speedup, finetuned", "dense acc",
                    "acc, no finetune", "acc, finetuned", "no finetune per seed", "finetuned per seed",
                    "spdy chose (no finetune, finetuned) per seed", "prune s (finetuned run)"], rows, notes)
 
+
+def _speed_line(policy: str, runs: list[dict]) -> str:
+    figures = [(r[key], r["target"]) for r in runs for key in ("measured_speedup_no_finetune", "measured_speedup")]
+    below = sum(speedup < target for speedup, target in figures)
+    above = sum(speedup > target * 1.1 for speedup, target in figures)
+    return (f"- {policy}: below the target in {below} of {len(figures)} runs, above target x 1.1 in {above}, "
+            f"inside in {len(figures) - below - above}")
 
 if __name__ == "__main__":
     main()
