@@ -37,6 +37,12 @@ class Measurement:
 # A whole-model measurement whose per-round ratios spread more than this (a burst of host noise) is
 # taken once more with twice the rounds, and the steadier of the two stands.
 NOISY_RATIO_SPREAD = 0.5
+# A plan about to be accepted is measured this many times longer than a search candidate. The noise of a
+# figure shrinks with the length of its measurement faster than with its square root (slow host noise
+# averages out): on a 59 us model 40 rounds gave a 2.7% stdev, 160 rounds 0.8%; with the window's
+# margin at 3%, a short confirmation is the likely way plans got through that the final profile then
+# measured below target (5 of 36 spdy runs in benchmarks/results/allocation.md before this factor, 3).
+CONFIRM_ROUND_FACTOR = 8
 # Cached measurements are reused only while the dense model's latency today is within this fraction of
 # its latency when the cache was written.
 CACHE_DRIFT_LIMIT = 0.10
@@ -111,9 +117,9 @@ class SpeedupMeter:
         return apply_plan(copy.deepcopy(self.dense), self.example_input, plan)
 
     def confirm(self, plan: Plan) -> Measurement:
-        """A longer, fresh measurement (three times the rounds) of a plan about to be chosen: the final
-        profile measures with many rounds too, and the choice must still hold there."""
-        return self.measure(plan, rounds=self.rounds * 3)
+        """A longer, fresh measurement (CONFIRM_ROUND_FACTOR times the rounds) of a plan about to be
+        chosen: the final profile measures it again, long, and the choice must still hold there."""
+        return self.measure(plan, rounds=self.rounds * CONFIRM_ROUND_FACTOR)
 
     def measure(self, plan: Plan, fresh: bool = False, rounds: int | None = None) -> Measurement:
         """Speedup of `plan` over dense; `fresh` re-measures even when a cached figure exists (used before
