@@ -1,8 +1,11 @@
 """Data: the built-in digits set, a user's npz, a user's dataset factory, or nothing (data-free:
 random calibration inputs, distillation from the dense model, no fine-tuning unless asked).
 
-The built-in set is scikit-learn's handwritten digits (1,797 8x8 images that ship inside the
-installed package, so nothing is downloaded), upsampled to 16x16 so that convolutions have room.
+The built-in sets are made from scikit-learn's handwritten digits (1,797 8x8 images that ship inside
+the installed package, so nothing is downloaded), upsampled to 16x16 so that convolutions have room:
+`digits` as they are, and `digits_distorted`, the same images rotated, scaled, shifted and noised.
+The zoo models reach 99.7% on `digits`, so after a finetune every pruning policy lands within a test
+image or two of the dense model; on `digits_distorted` they reach 88-95%, and policies can differ.
 """
 from __future__ import annotations
 
@@ -54,16 +57,63 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
     return x[train], y[train], x[test], y[test]
 
 
-def load_digits(size: int = 16, seed: int = 0) -> DataBundle:
+def _digit_images(size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The 1,797 digits upsampled to size x size, in [0, 1], and their labels."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     digits = sklearn_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    images = (images - 0.5) / 0.5
-    x_tr, y_tr, x_te, y_te = _split(images.numpy(), digits.target.astype(np.int64), 0.2, seed)
+    return images, digits.target.astype(np.int64)
+
+
+def load_digits(size: int = 16, seed: int = 0) -> DataBundle:
+    images, labels = _digit_images(size)
+    x_tr, y_tr, x_te, y_te = _split(((images - 0.5) / 0.5).numpy(), labels, 0.2, seed)
     return DataBundle("digits", torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te),
                       torch.from_numpy(y_te), 10)
+
+
+# Distortions of digits_distorted: each image is rotated, scaled and shifted at random, then gets
+# Gaussian pixel noise. Measured with 15 dense epochs: resnet_digits 95.3%, vgg_digits 95.0%,
+# mobilenet_digits 88.3% (against 99.7% on plain digits).
+DISTORT_DEGREES = 15.0
+DISTORT_SCALE = (0.8, 1.15)
+DISTORT_SHIFT = 0.2  # of the half-width: 1.6 pixels at 16x16
+DISTORT_NOISE = 0.2  # pixel-noise stdev, images in [0, 1]
+DISTORTED_TEST_COPIES = 3  # each held-out digit is tested in 3 distortions: 1,080 test images
+DISTORT_SEED = 1  # the set is fixed: the same on every machine and for every run seed
+
+
+def distort(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random rotation, scale and shift (one affine map per image) plus pixel noise."""
+    count = len(images)
+    angle = torch.tensor(rng.uniform(-DISTORT_DEGREES, DISTORT_DEGREES, count) * np.pi / 180, dtype=torch.float32)
+    inverse_scale = 1.0 / torch.tensor(rng.uniform(*DISTORT_SCALE, count), dtype=torch.float32)
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0] = torch.cos(angle) * inverse_scale
+    theta[:, 0, 1] = -torch.sin(angle) * inverse_scale
+    theta[:, 1, 0] = torch.sin(angle) * inverse_scale
+    theta[:, 1, 1] = torch.cos(angle) * inverse_scale
+    theta[:, :, 2] = torch.tensor(rng.uniform(-DISTORT_SHIFT, DISTORT_SHIFT, (count, 2)), dtype=torch.float32)
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    moved = torch.nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+    return moved + torch.tensor(rng.normal(0.0, DISTORT_NOISE, moved.shape), dtype=torch.float32)
+
+
+def load_digits_distorted(size: int = 16, seed: int = 0) -> DataBundle:
+    """The digits split as `digits` is (the same held-out originals), each training digit distorted once
+    and each held-out digit DISTORTED_TEST_COPIES times, so no test image is a copy of a training one."""
+    images, labels = _digit_images(size)
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_test = int(round(len(images) * 0.2))
+    test, train = order[:n_test], order[n_test:]
+    rng = np.random.default_rng(DISTORT_SEED)
+    x_train = distort(images[train], rng)
+    x_test = torch.cat([distort(images[test], rng) for _ in range(DISTORTED_TEST_COPIES)])
+    y_train = torch.from_numpy(labels[train])
+    y_test = torch.from_numpy(np.tile(labels[test], DISTORTED_TEST_COPIES))
+    return DataBundle("digits_distorted", (x_train - 0.5) / 0.5, y_train, (x_test - 0.5) / 0.5, y_test, 10)
 
 
 def random_data(input_shape: tuple[int, ...], count: int = 256, seed: int = 0) -> DataBundle:
@@ -74,7 +124,7 @@ def random_data(input_shape: tuple[int, ...], count: int = 256, seed: int = 0) -
     return DataBundle("random", x[n_test:], None, x[:n_test], None, None)
 
 
-BUILTIN_DATASETS = {"digits": load_digits}
+BUILTIN_DATASETS = {"digits": load_digits, "digits_distorted": load_digits_distorted}
 
 
 def _check_split(source: str, name: str, x: np.ndarray, y: np.ndarray | None) -> None:

@@ -1,7 +1,6 @@
 """Shared fixtures. One intra-op thread everywhere (see MEASURING.md); runs write to tmp dirs."""
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path

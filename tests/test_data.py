@@ -210,3 +210,38 @@ def test_unknown_data_source(tmp_path):
 def test_random_data_is_seeded():
     a, b = random_data((1, 3, 4), count=20, seed=1), random_data((1, 3, 4), count=20, seed=1)
     assert torch.equal(a.x_train, b.x_train) and a.x_train.shape[1:] == (3, 4) and a.y_train is None
+
+
+def test_digits_distorted_is_fixed_and_tests_only_held_out_digits():
+    from deploycompress.data import DISTORTED_TEST_COPIES, load_digits, load_digits_distorted
+
+    plain, first, again = load_digits(), load_digits_distorted(), load_digits_distorted()
+    assert torch.equal(first.x_train, again.x_train) and torch.equal(first.x_test, again.x_test)
+    assert len(first.x_train) == len(plain.x_train)
+    assert len(first.x_test) == DISTORTED_TEST_COPIES * len(plain.x_test)
+    # The same originals are held out as in `digits` (the labels line up), in distinct distortions.
+    assert torch.equal(first.y_train, plain.y_train)
+    assert torch.equal(first.y_test, plain.y_test.repeat(DISTORTED_TEST_COPIES))
+    n = len(plain.x_test)
+    assert not torch.equal(first.x_test[:n], first.x_test[n:2 * n])
+    assert first.input_shape == plain.input_shape == (1, 1, 16, 16)
+
+
+def test_digits_distorted_is_harder_than_digits():
+    """What the set is for: a linear classifier that nearly solves plain digits loses far more on it."""
+    from sklearn.linear_model import LogisticRegression
+
+    from deploycompress.data import load_digits, load_digits_distorted
+
+    def linear_accuracy(bundle) -> float:
+        classifier = LogisticRegression(max_iter=300).fit(bundle.x_train.flatten(1).numpy(), bundle.y_train.numpy())
+        return classifier.score(bundle.x_test.flatten(1).numpy(), bundle.y_test.numpy())
+
+    plain, distorted = linear_accuracy(load_digits()), linear_accuracy(load_digits_distorted())
+    assert plain > 0.93
+    assert distorted < plain - 0.15, (plain, distorted)
+
+
+def test_digits_distorted_is_a_builtin_data_source(tmp_path):
+    bundle = _load_data(RunConfig(model="resnet_digits", data="digits_distorted", out=str(tmp_path)), None)
+    assert bundle.name == "digits_distorted" and bundle.num_classes == 10

@@ -1,7 +1,5 @@
 """The latency table: signatures read from ORT's profiler, the cache key, interpolation, level grid."""
-import json
 
-import numpy as np
 import pytest
 import torch
 

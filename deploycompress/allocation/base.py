@@ -41,7 +41,7 @@ NOISY_RATIO_SPREAD = 0.5
 # figure shrinks with the length of its measurement faster than with its square root (slow host noise
 # averages out): on a 59 us model 40 rounds gave a 2.7% stdev, 160 rounds 0.8%; with the window's
 # margin at 3%, a short confirmation is the likely way plans got through that the final profile then
-# measured below target (5 of 36 spdy runs in benchmarks/results/allocation.md before this factor, 3).
+# measured below target (5 of 36 spdy runs in benchmarks/results/allocation_digits.md before this factor, 3).
 CONFIRM_ROUND_FACTOR = 8
 # Cached measurements are reused only while the dense model's latency today is within this fraction of
 # its latency when the cache was written.

@@ -16,9 +16,7 @@ and use the breakdown for where the time goes.
 from __future__ import annotations
 
 import bisect
-import json
 import statistics
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -173,14 +171,7 @@ def _load_graph(model: str | Path | bytes) -> onnx.ModelProto | None:
 def operator_breakdown(model: str | Path | bytes, threads: int = 1, batch_size: int = 1, device: str = "cpu",
                        runs: int = 20, warmup: int = 5, seed: int = 0) -> dict:
     """Run the model `warmup + runs` times under ORT's profiler and aggregate the timed runs."""
-    with tempfile.TemporaryDirectory(prefix="deploycompress-profile-") as tmp:
-        session = runtime.make_session(model, threads, device, profile_dir=tmp)
-        runtime.check_batch_size(session, batch_size)
-        feed = runtime.random_feed(session, batch_size, seed=seed)
-        for _ in range(warmup + runs):
-            session.run(None, feed)
-        trace = Path(session.end_profiling())
-        events = json.loads(trace.read_text())
+    events = runtime.profiled_events(model, threads, device, batch_size, warmup=warmup, runs=runs, seed=seed)
     return aggregate_events(events, LayerMap(_load_graph(model)), warmup_runs=warmup)
 
 

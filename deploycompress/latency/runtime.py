@@ -6,9 +6,12 @@ intra-op thread by default, warm up right before timing, compare two models by i
 """
 from __future__ import annotations
 
+import json
 import platform
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -76,6 +79,24 @@ def make_session(model: str | Path | bytes, threads: int = 1, device: str = "cpu
             ort.capi.onnxruntime_pybind11_state.NoSuchFile, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as exc:
         raise UserError(f"ONNX Runtime cannot load {model if not isinstance(model, bytes) else 'the model'}: "
                         f"{str(exc).splitlines()[0]}") from None
+
+
+def profiled_events(model: str | Path | bytes, threads: int = 1, device: str = "cpu", batch_size: int = 1,
+                    warmup: int = 0, runs: int | Callable[[ort.InferenceSession, dict], int] = 1,
+                    seed: int = 0) -> list[dict]:
+    """The events of ORT's profiler over `warmup` + `runs` runs of `model` on a random feed (`runs` may be
+    a function of the warmed session and feed, to time a fixed span). The trace file lives in a
+    temporary folder and is gone when this returns; the warm-up runs' events are included."""
+    with tempfile.TemporaryDirectory(prefix="deploycompress-profile-") as tmp:
+        session = make_session(model, threads, device, profile_dir=tmp)
+        check_batch_size(session, batch_size)
+        feed = random_feed(session, batch_size, seed=seed)
+        for _ in range(warmup):
+            session.run(None, feed)
+        for _ in range(runs(session, feed) if callable(runs) else runs):
+            session.run(None, feed)
+        with open(session.end_profiling()) as handle:
+            return json.load(handle)
 
 
 def check_batch_size(session: ort.InferenceSession, batch_size: int) -> None:
@@ -208,9 +229,6 @@ def channel_block(device: str = "cpu") -> int:
     channels; DEFAULT_CHANNEL_MULTIPLE where no padding shows (no NCHWc rewrite) or off the CPU."""
     if device != "cpu":
         return DEFAULT_CHANNEL_MULTIPLE
-    import json
-    import tempfile
-
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.ones((DEFAULT_CHANNEL_MULTIPLE, 3, 3, 3), np.float32), "w")
@@ -221,11 +239,7 @@ def channel_block(device: str = "cpu") -> int:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     try:
-        with tempfile.TemporaryDirectory(prefix="dc-block-") as tmp:
-            session = make_session(model.SerializeToString(), 1, "cpu", profile_dir=tmp)
-            session.run(None, {"x": np.zeros((1, 3, 8, 8), np.float32)})
-            with open(session.end_profiling()) as handle:
-                events = json.load(handle)
+        events = profiled_events(model.SerializeToString(), 1, "cpu")
     except (OSError, ValueError, UserError):
         return DEFAULT_CHANNEL_MULTIPLE
     padded = DEFAULT_CHANNEL_MULTIPLE

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -120,18 +118,10 @@ def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device:
     keyed by profiled shapes never found widths off the block and re-profiled them on every run. An
     operator no node maps to falls back to its signature as read from the profiled shapes. Without
     `scopes`, every Conv/Gemm/MatMul is recorded under the signature its profiled shapes give."""
-    with tempfile.TemporaryDirectory(prefix="dc-profile-") as tmp:
-        session = runtime.make_session(model_bytes, threads, device, profile_dir=tmp)
-        feed = runtime.random_feed(session, batch)
-        for _ in range(PROFILE_WARMUP_RUNS):
-            session.run(None, feed)
-        runs = max(PROFILE_MIN_RUNS, runtime.calibrate_runs(session, feed, target_ms=PROFILE_TARGET_MS))
-        for _ in range(runs):
-            session.run(None, feed)
-        path = session.end_profiling()
-        with open(path) as handle:
-            events = json.load(handle)
-        os.unlink(path)
+    events = runtime.profiled_events(
+        model_bytes, threads, device, batch, warmup=PROFILE_WARMUP_RUNS,
+        runs=lambda session, feed: max(PROFILE_MIN_RUNS,
+                                       runtime.calibrate_runs(session, feed, target_ms=PROFILE_TARGET_MS)))
     warm = events[len(events) // 10:]  # drop the first runs' events: cold caches
     samples = signatures_from_profile(warm, batch)
     # Several operators can share a signature (two identical convs); each run then contributes several

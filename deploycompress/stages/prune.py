@@ -26,10 +26,16 @@ from .finetune import (finetune_epochs, finetune_round_fn, record_pqi_after, reg
                        regularized_finetune, short_fit)
 
 
-def _calibration_objective(ctx: RunContext) -> Callable[[torch.Tensor], torch.Tensor]:
-    """logits on the calibration inputs -> loss per sample: cross-entropy with labels, else
-    distillation (KL) against the dense model. Their mean is the calibration loss."""
-    x = ctx.calibration
+# SPDY's finalists are finetuned briefly on the training data after the first this-many calibration
+# samples and compared on those: a paired comparison needs only a few hundred samples, and the short
+# finetune keeps the rest of the training set.
+FINALIST_HELD_OUT = 256
+
+
+def _calibration_objective(ctx: RunContext, x: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """logits on the calibration inputs (or the first len(x) of them) -> loss per sample: cross-entropy
+    with labels, else distillation (KL) against the dense model. Their mean is the calibration loss."""
+    x = ctx.calibration if x is None else x
     labels = ctx.data.y_train[: len(x)] if ctx.data.has_labels else None
     teacher = predict(ctx.dense, x)
 
@@ -69,16 +75,17 @@ def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], np
 
     Why: the calibration loss right after pruning ranks plans by how little they break the model, and a
     finetune changes that ranking. On mobilenet_digits at 3x the plan with the lower calibration loss
-    finetuned to lower accuracy (benchmarks/results/allocation.md); which plan recovers best is measured,
+    finetuned to lower accuracy (benchmarks/results/allocation_digits.md); which plan recovers best is measured,
     the way NetAdapt picks among its proposals by short-term finetuned accuracy."""
     epochs = ctx.config.finetune.select_epochs
-    held_out = len(ctx.calibration)
+    held_out = ctx.calibration[:FINALIST_HELD_OUT]
     data = ctx.data
-    if finetune_epochs(ctx) == 0 or epochs <= 0 or len(data.x_train) <= held_out:
+    if finetune_epochs(ctx) == 0 or epochs <= 0 or len(data.x_train) <= len(held_out):
         return None
-    rest = DataBundle(data.name, data.x_train[held_out:], None if data.y_train is None else data.y_train[held_out:],
+    rest = DataBundle(data.name, data.x_train[len(held_out):],
+                      None if data.y_train is None else data.y_train[len(held_out):],
                       data.x_test, data.y_test, data.num_classes)
-    objective = _calibration_objective(ctx)
+    objective = _calibration_objective(ctx, held_out)
     finalists = itertools.count(1)
 
     def loss(plan: Plan) -> np.ndarray:
@@ -88,7 +95,7 @@ def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], np
         try:
             recalibrate_batchnorm(ctx)  # as the prune stage does before the real finetune
             short_fit(ctx, epochs, ctx.config.seed, description=f"finalist {number} finetune", data=rest)
-            logits = predict(ctx.model, ctx.calibration)
+            logits = predict(ctx.model, held_out)
         finally:
             masks.remove()
             ctx.model.load_state_dict(saved)

@@ -6,7 +6,6 @@
 What can be pruned exactly: whole attention heads and the MLP hidden width. The residual stream runs
 through LayerNorm, which normalises over all its channels, so it stays dense (and says so).
 """
-import torch
 from torch import nn
 
 TOKENS, FEATURES, WIDTH, HEADS, HIDDEN = 64, 32, 128, 8, 512
