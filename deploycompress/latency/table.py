@@ -114,7 +114,7 @@ def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device:
     `scopes` maps each operator's module name to its signature at this variant's widths. An operator's
     time is the sum of the profiled nodes that map back to its module (profiler.LayerMap), which is the
     only way to tell what a node computed: ORT's NCHWc layout pads channel counts to its block (16 on
-    the AVX-512 EPYC here), so a 24 -> 40 conv is profiled with the shapes of a 32 -> 48 one, and a table
+    the AVX-512 machines here), so a 24 -> 40 conv is profiled with the shapes of a 32 -> 48 one, and a table
     keyed by profiled shapes never found widths off the block and re-profiled them on every run. An
     operator no node maps to falls back to its signature as read from the profiled shapes. Without
     `scopes`, every Conv/Gemm/MatMul is recorded under the signature its profiled shapes give."""
