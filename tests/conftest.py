@@ -30,6 +30,27 @@ def run_cli(args: list) -> int:
     return 0
 
 
+def assert_meets_target(report: dict) -> None:
+    """The policy's own measurement of the chosen plan meets the target, the final profile shows a
+    real speedup, and the report's verdict agrees with its own figures.
+
+    Whether the final profile clears the target to the percent is a timing claim: on a shared CPU a
+    short profile swings by tens of percent (CI measured 2.02x, 95% CI from 1.99x, for a plan searched
+    at 2.07x). benchmarks/targets.py checks it on a quiet machine; the tests check what cannot flake.
+    """
+    target = report["target_speedup"]
+    widths = {layer["name"]: layer["channels_after"] for layer in report["layers"]}
+    chosen = [c for c in report["search"]["candidates"] if c["widths"] == widths]
+    assert chosen, "the chosen plan was never measured"
+    assert chosen[-1]["speedup"] >= target, report["search"]["candidates"]
+    speedup = report["speedup"]
+    assert speedup["measured"] >= 0.8 * target, speedup
+    if speedup["trusted"]:
+        assert report["target_met"] == (speedup["measured"] >= target), speedup
+    else:
+        assert report["target_met"] is None, speedup  # an untrusted clock is never a pass
+
+
 @pytest.fixture(scope="session")
 def cli() -> str:
     return cli_executable()
