@@ -1,7 +1,9 @@
 """Accuracy of spdy vs uniform vs global allocation at the same measured speedup.
 
 Each policy prunes each built-in model to the same measured target (every policy aims inside
-[target * 1.03, target * 1.07] of the allowed [target, target * 1.1]), twice: once with no finetune
+[target * 1.03, target * 1.07] of the allowed [target, target * 1.1]; a baseline whose one-parameter
+bisection stops above that is widened into it one level of one group at a time, as SPDY's own plans
+are, so no policy is compared at a higher speed than another), twice: once with no finetune
 (`finetune.epochs 0`: the accuracy right after pruning, BatchNorm re-estimated) and once with the same
 finetune for every policy (the product default unless --epochs is given). The runs are separate because
 SPDY chooses differently when a finetune follows (it ranks its finalists by a short finetune). Accuracy
@@ -18,6 +20,7 @@ standard error.
 
     python benchmarks/allocation.py [--models a,b] [--targets 2,3] [--seeds 0,1,2] [--epochs N] [--data NAME]
     python benchmarks/allocation.py --from-json results/allocation.json   # re-summarise, no runs
+    python benchmarks/allocation.py --resume   # after an interruption: runs only the missing records
 
 Results: results/allocation.{json,md} for digits_distorted, results/allocation_NAME.* for other data.
 """
@@ -66,6 +69,8 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
             "accuracy_before_finetune": report["finetune"]["accuracy_before"],
             "accuracy_finetuned": report["accuracy"]["compressed"], "finetune_epochs": report["finetune"]["epochs"],
             "chosen_by": details.get("chosen_by"), "chosen_source": details.get("chosen_source"),
+            # a baseline's plan: as its bisection found it, widened into the window, or left above it
+            "accepted_as": details.get("accepted_as"), "searched_speedup": details.get("searched_speedup"),
             "chosen_source_no_finetune": bare["search"].get("details", {}).get("chosen_source"),
             "finalists": [{k: v for k, v in f.items() if k != "widths"} for f in details.get("finalists", [])],
             "prune_seconds": next(s["seconds"] for s in report["stages"] if s["name"] == "prune"),
@@ -128,6 +133,8 @@ def main() -> None:
     parser.add_argument("--data", default=DEFAULT_DATA, help="a built-in dataset (default: %(default)s)")
     parser.add_argument("--from-json", metavar="PATH",
                         help="re-summarise the records of an earlier run (its JSON) instead of running again")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from its partial JSON (written after every record)")
     parser.add_argument("--keep-from", metavar="PATH",
                         help="run only --policies and take every other policy's records from an earlier JSON "
                              "(for re-measuring one policy after a change to it)")
@@ -144,9 +151,15 @@ def main() -> None:
     targets = [float(t) for t in args.targets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     records = []
+    name = "allocation" if args.data == DEFAULT_DATA else f"allocation_{args.data}"
+    partial = Path(__file__).parent / "results" / f"{name}.partial.json"
+    if args.resume and partial.is_file():
+        records = [r for r in json.loads(partial.read_text())["records"] if r["model"] in models
+                   and r["target"] in targets and r["seed"] in seeds and r["policy"] in policies]
+        print(f"resumed {len(records)} records from {partial}")
     if args.keep_from:
         kept = json.loads(Path(args.keep_from).read_text())["records"]
-        records = [r for r in kept if r["policy"] not in policies and r["model"] in models
+        records += [r for r in kept if r["policy"] not in policies and r["model"] in models
                    and r["target"] in targets and r["seed"] in seeds and r.get("data", "digits") == args.data]
         print(f"kept {len(records)} records of {sorted({r['policy'] for r in records})} from {args.keep_from}")
         policies = [p for p in POLICIES if p in policies or any(r["policy"] == p for r in records)]
@@ -158,11 +171,13 @@ def main() -> None:
                            for r in records):
                         continue
                     records.append(run_one(model, target, policy, seed, args.epochs, args.data))
+                    partial.write_text(json.dumps({"records": records}, indent=1))
                     r = records[-1]
                     print(f"seed {seed} {model} {target:g}x {policy}: no finetune {r['accuracy_no_finetune']:.2f} "
                           f"at {r['measured_speedup_no_finetune']:.2f}x, finetuned {r['accuracy_finetuned']:.2f} "
                           f"at {r['measured_speedup']:.2f}x (prune {r['prune_seconds']:.0f} s)", flush=True)
     report(records, models, targets, policies, seeds, args.data)
+    partial.unlink(missing_ok=True)
 
 
 def report(records: list[dict], models: list[str], targets: list[float], policies: list[str], seeds: list[int],

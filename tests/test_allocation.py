@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from deploycompress.allocation import AllocationProblem, policies
-from deploycompress.allocation.base import Measurement
+from deploycompress.allocation.base import Measurement, search_monotone
+from deploycompress.allocation.searched import global_family, uniform_family
 from deploycompress.errors import TargetUnreachable
 from deploycompress.graph import GroupGraph
 from deploycompress.models import create_model
@@ -16,6 +17,7 @@ class FakeMeter:
         self.dense = {g.name: g.channels for g in graph.groups}
         self.dense_cost = sum(c * c for c in self.dense.values())
         self.history = []
+        self.dense_ms = 1.0
 
     def confirm(self, plan):
         return self.measure(plan, fresh=True)
@@ -25,6 +27,31 @@ class FakeMeter:
         speedup = self.dense_cost / sum(w * w for w in widths.values())
         self.history.append(Measurement(widths, speedup, 1.0 / speedup, 0.0))
         return self.history[-1]
+
+
+class SquaresLatencyModel:
+    """The FakeMeter's latency as a latency model (the real one profiles an ONNX model)."""
+
+    def __init__(self, problem):
+        self.dense_ms = problem.meter.dense_ms
+
+    def add_measurement(self, widths, speedup):
+        pass
+
+    def predict_ms(self, widths):
+        return 1.0 / (self.dense_cost / sum(w * w for w in widths.values()))
+
+
+@pytest.fixture(autouse=True)
+def squares_latency_model(monkeypatch):
+    from deploycompress.allocation import window
+
+    def build(problem):
+        model = SquaresLatencyModel(problem)
+        model.dense_cost = problem.meter.dense_cost
+        return model
+
+    monkeypatch.setattr(window, "build_latency_model", build)
 
 
 def _problem(target, overshoot=0.10):
@@ -50,10 +77,23 @@ def test_searched_policies_meet_target(policy, target):
             assert min(problem.scores[g.name][kept]) >= max(problem.scores[g.name][sorted(dropped)])
 
 
-def test_uniform_does_not_overshoot_when_a_width_fits():
-    problem = _problem(2.0, overshoot=0.10)
-    result = policies.get("uniform")().allocate(problem)
-    assert result.measured_speedup <= 2.0 * 1.25  # the grid of multiples of 8 limits how close it can get
+@pytest.mark.parametrize("policy", ["uniform", "global"])
+@pytest.mark.parametrize("target", [1.5, 2.0, 3.0])
+def test_searched_policies_land_in_the_window(policy, target):
+    """Where the family's bisection stops above the window (its steps are coarse on multiples of 8),
+    the plan is widened into it, keeping every channel the bisection kept."""
+    from deploycompress.allocation.window import loose_ceiling
+
+    problem = _problem(target)
+    found = search_monotone(problem, {"uniform": uniform_family, "global": global_family}[policy](problem), "search")
+    result = policies.get(policy)().allocate(problem)
+    assert problem.window[0] <= result.measured_speedup <= loose_ceiling(problem), result.details
+    assert result.details["searched_speedup"] == found.measured_speedup
+    if found.measured_speedup > loose_ceiling(problem):
+        assert result.details["accepted_as"] == f"{policy}, widened"
+        assert all(set(found.plan[name]) <= set(kept) for name, kept in result.plan.items())
+    else:
+        assert result.details["accepted_as"] == policy and result.plan == found.plan
 
 
 def test_unreachable_target_reports_best_speedup():

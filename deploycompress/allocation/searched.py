@@ -1,6 +1,6 @@
-"""Baseline policies, each one parameter searched against measured latency. The families are also
-candidates inside SPDY (spdy.py): where their plan lands in the search window, SPDY's result has no
-worse a calibration loss than it."""
+"""Baseline policies, each one parameter searched against measured latency and, where the search
+stops above the window, widened into it (window.searched_baseline). The same plans are candidates
+inside SPDY (spdy.py): where they land in the window, SPDY's result has no worse a calibration loss."""
 from __future__ import annotations
 
 from typing import Callable
@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from ..graph import round_channels
-from .base import AllocationPolicy, AllocationProblem, AllocationResult, policies, search_monotone
+from .base import AllocationPolicy, AllocationProblem, AllocationResult, policies
 
 
 def uniform_family(problem: AllocationProblem) -> Callable[[float], dict[str, int]]:
@@ -42,7 +42,9 @@ class Uniform(AllocationPolicy):
     """One keep ratio for every group, bisected until the measured speedup meets the target."""
 
     def allocate(self, problem: AllocationProblem) -> AllocationResult:
-        return search_monotone(problem, uniform_family(problem), "uniform search")
+        from .window import searched_baseline  # here, not at import: window pulls in the ONNX exporter
+
+        return searched_baseline(problem, uniform_family(problem), "uniform")
 
 
 @policies.register("global")
@@ -51,4 +53,6 @@ class GlobalMagnitude(AllocationPolicy):
     groups of different fan-in compare), bisected against measured speedup."""
 
     def allocate(self, problem: AllocationProblem) -> AllocationResult:
-        return search_monotone(problem, global_family(problem), "global search")
+        from .window import searched_baseline
+
+        return searched_baseline(problem, global_family(problem), "global")

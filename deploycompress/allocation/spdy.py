@@ -14,7 +14,7 @@ the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts
    the DP aim the latency model predicts lands mid-window and scored by the calibration loss of the
    model masked to it (seeded with measured per-group sensitivity and with a near-uniform shape); then
    step 4 runs once more. The uniform and global-magnitude families are searched against measured
-   latency too (a plan just above the window widened into it), and of every plan confirmed inside
+   latency as their own policies do (a plan above the window widened into it), and of every plan in
    the window the lowest-loss one is chosen.
 6. When a finetune follows, the best few of those plans by calibration loss and every baseline plan in
    the window are each finetuned briefly from the same weights (`AllocationProblem.finetuned_loss`),
@@ -29,14 +29,14 @@ import numpy as np
 
 from ..errors import TargetUnreachable
 from ..progress import bar as progress_bar
-from .base import AllocationPolicy, AllocationProblem, AllocationResult, policies, search_monotone
+from .base import AllocationPolicy, AllocationProblem, AllocationResult, policies
 from .latency_model import LatencyModel, build_latency_model
 from .searched import global_family, uniform_family
 from .spdy_dp import coefficient_search, prunable_budget, quadratic_errors, solve_dp
+from .window import (  # noqa: F401 - level_widths, step_into_window and _level_step are this module's API too
+    MAX_LEVELS, POLISH_STEPS, _key, _level_step, level_widths, loose_ceiling, searched_baseline, step_into_window)
 
-MAX_LEVELS = 16
 CALIBRATION_STEPS = 8
-POLISH_STEPS = 5
 # A measured plan this close to the window (as a ratio of its edge) is stepped in, not re-aimed.
 NEAR_MISS = 1.08
 # When a finetune follows, this many of the lowest-calibration-loss DP plans in the window (and every
@@ -46,91 +46,6 @@ FINALISTS = 3
 # many standard errors of the paired per-sample differences.
 SIGNIFICANCE = 2.0
 DP_PHASES = ("calibrate", "verify")  # the `sources` of plans the DP proposed (the rest are baselines)
-
-
-def level_widths(channels: int, multiple: int, max_levels: int = MAX_LEVELS) -> list[int]:
-    """Candidate widths, dense first, on multiples of `multiple` (quarters for a group no wider than
-    one multiple: the runtime pads it to a whole block whatever its width, and only measurement can say
-    whether cutting it saves anything)."""
-    if channels > multiple:
-        widths = list(range(channels - channels % multiple if channels % multiple else channels, multiple - 1, -multiple))
-        if widths[0] != channels:
-            widths.insert(0, channels)
-    else:
-        widths = sorted({max(1, round(channels * r)) for r in (1.0, 0.75, 0.5, 0.25)}, reverse=True)
-    if len(widths) > max_levels:  # keep dense and the narrowest, thin the middle evenly
-        picks = np.linspace(0, len(widths) - 1, max_levels).round().astype(int)
-        widths = [widths[i] for i in sorted(set(picks))]
-    return widths
-
-
-def step_into_window(start: dict[str, int], start_speedup: float, levels: dict[str, list[int]],
-                     errors: dict[str, list[float]], predict_speedup: Callable[[dict[str, int]], float],
-                     measure: Callable[[dict[str, int]], float], goal: float, ceiling: float,
-                     steps: int = POLISH_STEPS) -> tuple[float, dict[str, int]] | None:
-    """Walk a measured plan into [goal, ceiling] one level of one group at a time: narrower when it is
-    short of `goal`, wider when it overshoots `ceiling`. The DP's plan jumps as its budget moves (a few
-    % of speed at once on small models); single-level steps do not.
-
-    A move's expected speedup is the current measured one scaled by the latency model's predicted
-    ratio (the model's absolute error cancels). Moves expected to land in the window come first (the
-    one that costs least error, or recovers most); otherwise narrowing takes the most speed per unit
-    of error added and widening the most error recovered per unit of speed given up while staying
-    above `goal`. A move measured past the window on the other side is not tried again. Returns
-    (speedup, widths) of the first plan measured in the window, or None after `steps` measurements."""
-    current, current_speedup = dict(start), start_speedup
-    rejected: set[tuple] = set()
-    for _ in range(steps):
-        narrowing = current_speedup < goal
-        base = predict_speedup(current)
-        moves = []
-        for name, widths in levels.items():
-            k, j = _level_step(widths, current[name], narrowing)
-            if j is None:
-                continue
-            trial = {**current, name: widths[j]}
-            if _key(trial) in rejected:
-                continue
-            expected = current_speedup * predict_speedup(trial) / base
-            error_change = abs(errors[name][j] - errors[name][k])
-            speed_change = max(abs(1 / expected - 1 / current_speedup), 1e-12)  # in units of dense latency
-            moves.append((expected, error_change, speed_change, trial))
-        if not moves:
-            return None
-        landing = [m for m in moves if goal <= m[0] <= ceiling]
-        safe = [m for m in moves if m[0] >= goal]
-        if landing:
-            pick = min(landing, key=lambda m: m[1]) if narrowing else max(landing, key=lambda m: m[1])
-        elif narrowing:
-            pick = max(moves, key=lambda m: m[2] / max(m[1], 1e-12))
-        elif safe:
-            pick = max(safe, key=lambda m: m[1] / m[2])
-        else:  # nothing expected to stay above the goal: the smallest step, and let the measurement decide
-            pick = max(moves, key=lambda m: m[0])
-        trial = pick[3]
-        speedup = measure(trial)
-        if goal <= speedup <= ceiling:
-            return speedup, trial
-        if (speedup < goal) == narrowing:  # still on the same side: keep walking from here
-            current, current_speedup = trial, speedup
-        else:
-            rejected.add(_key(trial))
-    return None
-
-
-def _key(widths: dict[str, int]) -> tuple:
-    return tuple(sorted(widths.items()))
-
-
-def _level_step(widths: list[int], width: int, narrower: bool) -> tuple[int, int | None]:
-    """(level the move starts from, level it goes to: the next one narrower or wider, None past the end)
-    over `widths` (widest first). A width between levels (a baseline's plan is not on SPDY's grid)
-    starts from the level on the far side of the move, so the move is charged a whole level's error."""
-    if narrower:
-        start = max((i for i, w in enumerate(widths) if w >= width), default=0)
-        return start, next((i for i, w in enumerate(widths) if w < width), None)
-    start = min((i for i, w in enumerate(widths) if w <= width), default=len(widths) - 1)
-    return start, next((i for i in reversed(range(len(widths))) if widths[i] > width), None)
 
 
 def choose_plan(accepted: list[tuple], sources: dict[tuple, str], calibration_loss: Callable[[dict[str, int]], float],
@@ -332,35 +247,25 @@ class SPDY(AllocationPolicy):
             plan_widths = aim_for(seed, wanted)[1]
             seed_plans[label] = {"widths": plan_widths, "loss": loss_of(plan_widths)}
         final = calibrate(search.coefficients, DP_PHASES[1])
-        # The baselines' one-parameter families are candidates too, searched against measured latency
-        # the way their own policies do: the operator table misjudges some shapes (it underrates
+        # The baselines' plans are candidates too, found exactly as their own policies find them
+        # (window.searched_baseline: bisected against measured latency, widened into the window where
+        # the bisection stops above it): the operator table misjudges some shapes (it underrates
         # lopsided convs, e.g. 8 -> 128 channels, so the DP favours them), and where the DP's shapes
-        # lose on calibration loss a uniform or global-magnitude plan in the window is kept instead.
-        # A baseline's plan may sit up to half the margin closer to the allowance than the DP's: its
-        # family's steps are coarse (vgg_digits 3x: global at 3.21-3.23x against a ceiling of 3.21x),
-        # widening it one level at a time failed there within measurement noise (+-3% between a search
-        # figure and its confirmation), and the profile stage's second opinions guard the last figure.
-        baseline_ceiling = max(ceiling, problem.target * (1 + problem.max_overshoot - problem.margin / 2))
+        # lose, a uniform or global-magnitude plan in the window is kept instead.
         baselines = {}
         for label, family in (("uniform", uniform_family(problem)), ("global", global_family(problem))):
             try:
-                found = search_monotone(problem, family, f"spdy vs {label}")
+                found = searched_baseline(problem, family, label, f"spdy vs {label}")
             except TargetUnreachable:
                 continue
             found_widths = {name: len(kept) for name, kept in found.plan.items()}
+            source = found.details["accepted_as"]
             baselines[label] = {"widths": found_widths, "measured_speedup": found.measured_speedup,
+                                "searched_speedup": found.details["searched_speedup"], "accepted_as": source,
                                 "loss": loss_of(found_widths)}
-            landed, source = (found.measured_speedup, found_widths), label
-            if baseline_ceiling < found.measured_speedup <= ceiling * NEAR_MISS:
-                # A bisection over one parameter lands where its steps fall. Widened into the window,
-                # the plan keeps every channel the baseline kept, so it stays a fair candidate.
-                stepped = step_toward_window(found_widths, found.measured_speedup, None, search.coefficients,
-                                             f"{label} baseline")
-                landed, source = (stepped, f"{label}, widened") if stepped is not None else (None, None)
-            if landed is not None and goal <= landed[0] <= baseline_ceiling:
-                accepted.append((landed[0], None, landed[1]))
-                sources.setdefault(_key(landed[1]), source)
-                baselines[label].update(accepted_widths=landed[1], accepted_speedup=landed[0], accepted_as=source)
+            if goal <= found.measured_speedup <= loose_ceiling(problem):
+                accepted.append((found.measured_speedup, None, found_widths))
+                sources.setdefault(_key(found_widths), source)
         finalists: list[dict] = []
         chosen_by = None
         if accepted:
