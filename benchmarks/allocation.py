@@ -54,27 +54,35 @@ def _run(model: str, target: float, policy: str, seed: int, epochs: int | None, 
         return run_quietly(config)
 
 
-def run_one(model: str, target: float, policy: str, seed: int, epochs: int | None, data: str) -> dict:
+NO_FINETUNE_FIELDS = ("measured_speedup_no_finetune", "trusted_no_finetune", "accuracy_no_finetune",
+                      "chosen_source_no_finetune", "seconds_no_finetune")
+
+
+def run_one(model: str, target: float, policy: str, seed: int, epochs: int | None, data: str,
+            no_finetune: dict | None = None) -> dict:
     """Two runs: without a finetune (the policy then chooses for the model as pruned) and with one (SPDY
-    then ranks its finalists by a short finetune); each column is the accuracy its own run delivers."""
-    bare, bare_seconds = _run(model, target, policy, seed, 0, data)
+    then ranks its finalists by a short finetune); each column is the accuracy its own run delivers.
+    `no_finetune`: an earlier record whose no-finetune run is taken instead of running it again."""
+    if no_finetune is None:
+        bare, bare_seconds = _run(model, target, policy, seed, 0, data)
+        no_finetune = {"measured_speedup_no_finetune": bare["speedup"]["measured"],
+                       "trusted_no_finetune": bare["speedup"]["trusted"],
+                       "accuracy_no_finetune": bare["accuracy"]["compressed"],
+                                  "seconds_no_finetune": bare_seconds}
     report, seconds = _run(model, target, policy, seed, epochs, data)
     details = report["search"].get("details", {})
     return {"model": model, "data": data, "target": target, "policy": policy, "seed": seed,
             "measured_speedup": report["speedup"]["measured"], "trusted": report["speedup"]["trusted"],
-            "measured_speedup_no_finetune": bare["speedup"]["measured"],
-            "trusted_no_finetune": bare["speedup"]["trusted"],
+            **{key: no_finetune.get(key) for key in NO_FINETUNE_FIELDS},
             "accuracy_dense": report["accuracy"]["dense"],
-            "accuracy_no_finetune": bare["accuracy"]["compressed"],
             "accuracy_before_finetune": report["finetune"]["accuracy_before"],
             "accuracy_finetuned": report["accuracy"]["compressed"], "finetune_epochs": report["finetune"]["epochs"],
             "chosen_by": details.get("chosen_by"), "chosen_source": details.get("chosen_source"),
             # a baseline's plan: as its bisection found it, widened into the window, or left above it
             "accepted_as": details.get("accepted_as"), "searched_speedup": details.get("searched_speedup"),
-            "chosen_source_no_finetune": bare["search"].get("details", {}).get("chosen_source"),
             "finalists": [{k: v for k, v in f.items() if k != "widths"} for f in details.get("finalists", [])],
             "prune_seconds": next(s["seconds"] for s in report["stages"] if s["name"] == "prune"),
-            "seconds": seconds + bare_seconds,
+            "seconds": seconds + (no_finetune.get("seconds_no_finetune") or 0.0),
             "widths": {layer["name"]: layer["channels_after"] for layer in report["layers"]}}
 
 
@@ -138,6 +146,9 @@ def main() -> None:
     parser.add_argument("--keep-from", metavar="PATH",
                         help="run only --policies and take every other policy's records from an earlier JSON "
                              "(for re-measuring one policy after a change to it)")
+    parser.add_argument("--reuse-no-finetune", action="store_true",
+                        help="with --keep-from: take the re-run policies' no-finetune runs from it too, and run "
+                             "only their finetuned runs (for a change that only matters when a finetune follows)")
     args = parser.parse_args()
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
@@ -157,8 +168,12 @@ def main() -> None:
         records = [r for r in json.loads(partial.read_text())["records"] if r["model"] in models
                    and r["target"] in targets and r["seed"] in seeds and r["policy"] in policies]
         print(f"resumed {len(records)} records from {partial}")
+    earlier = {}
     if args.keep_from:
         kept = json.loads(Path(args.keep_from).read_text())["records"]
+        if args.reuse_no_finetune:
+            earlier = {(r["model"], r["target"], r["policy"], r["seed"]): r for r in kept
+                       if r["policy"] in policies and r.get("data", "digits") == args.data}
         records += [r for r in kept if r["policy"] not in policies and r["model"] in models
                    and r["target"] in targets and r["seed"] in seeds and r.get("data", "digits") == args.data]
         print(f"kept {len(records)} records of {sorted({r['policy'] for r in records})} from {args.keep_from}")
@@ -170,7 +185,8 @@ def main() -> None:
                     if any((r["model"], r["target"], r["policy"], r["seed"]) == (model, target, policy, seed)
                            for r in records):
                         continue
-                    records.append(run_one(model, target, policy, seed, args.epochs, args.data))
+                    records.append(run_one(model, target, policy, seed, args.epochs, args.data,
+                                           earlier.get((model, target, policy, seed))))
                     partial.write_text(json.dumps({"records": records}, indent=1))
                     r = records[-1]
                     print(f"seed {seed} {model} {target:g}x {policy}: no finetune {r['accuracy_no_finetune']:.2f} "

@@ -80,8 +80,8 @@ class FinetuneConfig:
     regularize_epochs: float = 1.0  # regularised finetune of the dense model before scoring (below 1: a fraction)
     round_epochs: float = 0.5  # finetune between rounds of an iterative policy (SAP)
     # SPDY's finalist plans are each finetuned this long (on the training data minus the calibration
-    # samples) when a finetune follows, and one clearly better on held-out loss replaces the
-    # calibration-loss choice; 0 chooses by calibration loss alone.
+    # samples) when a finetune follows, and the one lowest on held-out loss is chosen; 0 chooses by
+    # calibration loss alone.
     select_epochs: float = 2.0
 
     def __post_init__(self) -> None:

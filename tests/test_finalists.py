@@ -47,7 +47,7 @@ def test_with_a_finetune_the_best_dp_plans_and_every_baseline_are_finetuned_and_
     # The best FINALISTS DP plans by calibration loss, then the baseline; DP plans ranked lower are not
     # finetuned, however well they would have done.
     assert finetuned == [8, 16, 24][:FINALISTS] + [48]
-    assert chosen[2] == {"a": 48} and criterion == "finetuned loss"
+    assert chosen[2] == {"a": 48} and criterion.startswith("finetuned loss (lower than the calibration choice's by")
     assert [f["source"] for f in finalists] == ["verify"] * FINALISTS + ["global"]
     assert [f["chosen"] for f in finalists] == [False] * FINALISTS + [True]
     assert finalists[-1]["calibration_loss"] == 0.6
@@ -55,7 +55,7 @@ def test_with_a_finetune_the_best_dp_plans_and_every_baseline_are_finetuned_and_
     assert finalists[-1]["gain_over_first"] > 2 * finalists[-1]["gain_standard_error"] > 0
 
 
-def test_a_finalist_better_only_within_noise_does_not_replace_the_calibration_choice():
+def test_the_lowest_finetuned_loss_wins_even_within_noise_and_the_report_says_how_clear_it_was():
     accepted = _plans(2)
     sources = {(("a", 8),): "verify", (("a", 16),): "uniform"}
     calibration = {8: 0.1, 16: 0.2}
@@ -66,8 +66,19 @@ def test_a_finalist_better_only_within_noise_does_not_replace_the_calibration_ch
     chosen, criterion, finalists = choose_plan(accepted, sources, lambda w: calibration[w["a"]],
                                                lambda w: after_finetune[w["a"]])
     assert finalists[1]["finetuned_loss"] < finalists[0]["finetuned_loss"]
-    assert chosen[2] == {"a": 8} and criterion.startswith("calibration loss (no finalist clearly better")
-    assert [f["chosen"] for f in finalists] == [True, False]
+    assert chosen[2] == {"a": 16} and criterion.startswith("finetuned loss (lower than the calibration choice's by 0.")
+    assert [f["chosen"] for f in finalists] == [False, True]
+    assert finalists[1]["gain_over_first"] < 2 * finalists[1]["gain_standard_error"]
+
+
+def test_the_calibration_choice_stays_when_it_is_also_lowest_after_the_short_finetune():
+    accepted = _plans(3)
+    sources = {(("a", w["a"]),): "verify" for _, _, w in accepted}
+    calibration = {8: 0.1, 16: 0.2, 24: 0.3}
+    chosen, criterion, finalists = choose_plan(accepted, sources, lambda w: calibration[w["a"]],
+                                               lambda w: _per_sample(calibration[w["a"]], seed=w["a"]))
+    assert chosen[2] == {"a": 8} and criterion.startswith("calibration loss and finetuned loss")
+    assert [f["chosen"] for f in finalists] == [True, False, False]
 
 
 @pytest.mark.parametrize("width, narrower, expected", [

@@ -18,8 +18,8 @@ the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts
    the window the lowest-loss one is chosen.
 6. When a finetune follows, the best few of those plans by calibration loss and every baseline plan in
    the window are each finetuned briefly from the same weights (`AllocationProblem.finetuned_loss`),
-   and one that is clearly better on held-out loss replaces the calibration-loss choice
-   (`choose_plan`): the ranking right after pruning is not the ranking after a finetune.
+   and the one with the lowest held-out loss is chosen (`choose_plan`): the ranking right after
+   pruning is not the ranking after a finetune.
 """
 from __future__ import annotations
 
@@ -42,9 +42,6 @@ NEAR_MISS = 1.08
 # When a finetune follows, this many of the lowest-calibration-loss DP plans in the window (and every
 # baseline plan there) are finetuned briefly and compared on held-out loss (`choose_plan`).
 FINALISTS = 3
-# A finalist replaces the calibration-loss choice when its mean gain after the short finetune is this
-# many standard errors of the paired per-sample differences.
-SIGNIFICANCE = 2.0
 DP_PHASES = ("calibrate", "verify")  # the `sources` of plans the DP proposed (the rest are baselines)
 
 
@@ -55,11 +52,13 @@ def choose_plan(accepted: list[tuple], sources: dict[tuple, str], calibration_lo
 
     The plan with the lowest calibration loss, unless a finetune follows (`finetuned_loss`: loss per
     held-out sample after a short finetune). Then the best FINALISTS DP plans by calibration loss and
-    every baseline plan are finetuned, and the one with the lowest mean loss replaces the calibration
-    choice only where it is clearly better: its paired per-sample gain over that choice exceeds
-    SIGNIFICANCE standard errors. Near full accuracy the finalists differ by a test image or two and
-    the short finetune's ranking is noise (digits at 2x); where pruning broke the model it is not
-    (mobilenet_digits at 3x, held-out loss 1.00 against 1.50)."""
+    every baseline plan are finetuned, and the one with the lowest mean held-out loss is chosen: what
+    the deployed model goes through is a finetune, and the calibration loss right after pruning ranks
+    plans for that poorly. Measured on digits_distorted (seed 0) while the calibration choice was kept
+    unless a finalist beat it by two standard errors: spdy led the best baseline without a finetune in
+    4 of 6 cells (by up to 33 points) and trailed it after the finetune in 4 of 6 (by 0.19-1.02). Each
+    finalist row keeps its paired per-sample gain over the calibration choice and that gain's standard
+    error, so the report says how clear the choice was."""
     unique: dict[tuple, tuple] = {}
     for entry in accepted:
         unique.setdefault(_key(entry[2]), entry)
@@ -73,15 +72,14 @@ def choose_plan(accepted: list[tuple], sources: dict[tuple, str], calibration_lo
     best = min(range(len(picked)), key=lambda i: losses[i].mean())
     gains = [losses[0] - loss for loss in losses]  # paired, per held-out sample, against the calibration choice
     errors = [g.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else float("inf") for g in gains]
-    clearly_better = best != 0 and gains[best].mean() > SIGNIFICANCE * errors[best]
     finalists = [{"source": sources[_key(a[2])], "measured_speedup": a[0], "calibration_loss": calibration_loss(a[2]),
                   "finetuned_loss": float(loss.mean()), "gain_over_first": float(gain.mean()),
-                  "gain_standard_error": float(error), "chosen": i == (best if clearly_better else 0),
-                  "widths": a[2]}
+                  "gain_standard_error": float(error), "chosen": i == best, "widths": a[2]}
                  for i, (a, loss, gain, error) in enumerate(zip(picked, losses, gains, errors))]
-    if clearly_better:
-        return picked[best], "finetuned loss", finalists
-    return picked[0], "calibration loss (no finalist clearly better after a short finetune)", finalists
+    if best == 0:
+        return picked[0], "calibration loss and finetuned loss (the same plan is lowest on both)", finalists
+    margin = gains[best].mean() / errors[best] if errors[best] > 0 else float("inf")
+    return picked[best], f"finetuned loss (lower than the calibration choice's by {margin:.1f} standard errors)", finalists
 
 
 @policies.register("spdy")

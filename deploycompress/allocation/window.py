@@ -169,7 +169,7 @@ def searched_baseline(problem: AllocationProblem, family: Callable[[float], dict
     if found.measured_speedup <= loose_ceiling(problem):
         return found
     landed, speedup, widened = widen_into_window(problem, widths, found.measured_speedup)
-    if landed:
+    if landed or speedup <= loose_ceiling(problem):  # the closest above the window may be within the slack
         found.details["accepted_as"] = f"{label}, widened"
     else:
         problem.notes.append(f"{label}: the searched plan measured {found.measured_speedup:.2f}x, above the "
