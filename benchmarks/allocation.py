@@ -68,7 +68,8 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
         no_finetune = {"measured_speedup_no_finetune": bare["speedup"]["measured"],
                        "trusted_no_finetune": bare["speedup"]["trusted"],
                        "accuracy_no_finetune": bare["accuracy"]["compressed"],
-                                  "seconds_no_finetune": bare_seconds}
+                       "chosen_source_no_finetune": bare["search"].get("details", {}).get("chosen_source"),
+                       "seconds_no_finetune": bare_seconds}
     report, seconds = _run(model, target, policy, seed, epochs, data)
     details = report["search"].get("details", {})
     return {"model": model, "data": data, "target": target, "policy": policy, "seed": seed,
