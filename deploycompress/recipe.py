@@ -59,6 +59,10 @@ class PruneConfig:
     # Reuse whole-model latency measurements cached from earlier runs of the same dense model (same
     # runtime fingerprint): the same inputs and seed then give the same allocation.
     reuse_measurements: bool = True
+    # Cached measurements are set aside when the dense model's latency has moved more than this fraction
+    # since they were taken (twice measured): on a busy machine the ratios move with it. Larger keeps
+    # them through more drift; a run then reads the figures an earlier one decided on.
+    measurement_drift_limit: float = 0.10
 
     def __post_init__(self) -> None:
         if self.channel_multiple is not None and self.channel_multiple < 1:
@@ -67,6 +71,8 @@ class PruneConfig:
             raise UserError("prune.calibration_samples must be at least 1")
         if not 0 < self.max_overshoot < 1:
             raise UserError("prune.max_overshoot must be between 0 and 1")
+        if self.measurement_drift_limit <= 0:
+            raise UserError("prune.measurement_drift_limit must be positive")
 
 
 @dataclass

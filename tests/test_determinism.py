@@ -60,7 +60,7 @@ def user_files(tmp_path, monkeypatch) -> dict:
 def prune_once(files: dict, out: Path, seed: int) -> tuple[dict, dict]:
     config = build_config(None, {**files, "target_speedup": 1.4, "seed": seed, "out": str(out),
                                  "prune": {"policy": "spdy", "search_rounds": 5, "spdy_evaluations": 8,
-                                           "calibration_samples": 64}})
+                                           "calibration_samples": 64, "measurement_drift_limit": 10.0}})
     out.mkdir()
     ctx = build_context(config, out)
     PruneStage().run(ctx)
@@ -71,10 +71,7 @@ def prune_once(files: dict, out: Path, seed: int) -> tuple[dict, dict]:
 def test_same_inputs_and_seed_give_the_same_allocation(user_files, tmp_path, monkeypatch):
     # The cache is what makes the second run read the first run's figures; on a busy machine the dense
     # model's latency can move more than the drift limit between two runs, which would set it aside
-    # (tested in test_allocation.py), so the limit is lifted here.
-    from deploycompress.allocation import base
-
-    monkeypatch.setattr(base, "CACHE_DRIFT_LIMIT", 10.0)
+    # (tested in test_allocation.py), so prune_once lifts the limit.
     first, info = prune_once(user_files, tmp_path / "first", seed=7)
     second, again = prune_once(user_files, tmp_path / "second", seed=7)
     assert second == first

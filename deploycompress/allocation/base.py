@@ -44,7 +44,7 @@ NOISY_RATIO_SPREAD = 0.5
 # measured below target (5 of 36 spdy runs in benchmarks/results/allocation_digits.md before this factor, 3).
 CONFIRM_ROUND_FACTOR = 8
 # Cached measurements are reused only while the dense model's latency today is within this fraction of
-# its latency when the cache was written.
+# its latency when the cache was written (the default of prune.measurement_drift_limit).
 CACHE_DRIFT_LIMIT = 0.10
 
 
@@ -69,7 +69,8 @@ class SpeedupMeter:
     """
 
     def __init__(self, dense: nn.Module, example_input: torch.Tensor, threads: int, batch_size: int,
-                 rounds: int, device: str = "cpu", cache_path: Path | None = None):
+                 rounds: int, device: str = "cpu", cache_path: Path | None = None,
+                 drift_limit: float = CACHE_DRIFT_LIMIT):
         self.dense = dense
         self.example_input = example_input
         self.threads, self.rounds, self.device, self.batch_size = threads, rounds, device, batch_size
@@ -81,19 +82,34 @@ class SpeedupMeter:
         cached_dense_ms = self._load_cache()
         self.dense_session = runtime.make_session(export_bytes(dense, example_input), threads, device)
         self.feed = runtime.random_feed(self.dense_session, batch_size)
-        self.dense_ms = runtime.measure(self.dense_session, self.feed, rounds=rounds).median_ms
+        # The reference is measured as long as a confirmation: it scales every cached figure's milliseconds
+        # and decides whether the cache still holds (5 rounds of a 0.4 ms model read 0.36, 0.47 and 0.39 ms
+        # in three runs minutes apart, in tests/test_resume.py).
+        self.dense_ms = self._dense_reference_ms()
         # The cached ratios hold only while the machine runs the dense model as it did when they were
         # taken: on a shared 2-core VM the dense model went from 0.23 to 0.30 ms within the hour, and
-        # a plan cached at 3.10x then measured 2.85x. A drifted machine measures everything afresh.
-        if cached_dense_ms is not None and abs(self.dense_ms / cached_dense_ms - 1) <= CACHE_DRIFT_LIMIT:
+        # a plan cached at 3.10x then measured 2.85x. A drifted machine measures everything afresh; the
+        # drift must show in a second measurement too, so one slow moment does not discard the cache.
+        if cached_dense_ms is not None and not self._within(cached_dense_ms, drift_limit):
+            again = self._dense_reference_ms()
+            if abs(again / cached_dense_ms - 1) < abs(self.dense_ms / cached_dense_ms - 1):
+                self.dense_ms = again
+        if cached_dense_ms is not None and self._within(cached_dense_ms, drift_limit):
             self.dense_ms = cached_dense_ms
         else:
             if cached_dense_ms is not None:
                 self.notes.append(f"measurement cache set aside: the dense model now runs in {self.dense_ms:.3f} ms "
                                   f"against {cached_dense_ms:.3f} ms when the cache was written (more than "
-                                  f"{CACHE_DRIFT_LIMIT:.0%} apart), so every candidate is measured afresh")
+                                  f"{drift_limit:.0%} apart, measured twice; prune.measurement_drift_limit), "
+                                  "so every candidate is measured afresh")
                 self._cache = {}
             self._save_cache()
+
+    def _dense_reference_ms(self) -> float:
+        return runtime.measure(self.dense_session, self.feed, rounds=self.rounds * CONFIRM_ROUND_FACTOR).median_ms
+
+    def _within(self, cached_dense_ms: float, drift_limit: float) -> bool:
+        return abs(self.dense_ms / cached_dense_ms - 1) <= drift_limit
 
     def _load_cache(self) -> float | None:
         if self.cache_path is None or not self.cache_path.is_file():

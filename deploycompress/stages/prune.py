@@ -167,7 +167,8 @@ class PruneStage(Stage):
         cache = cache_dir() / "measurements" / f"{model_digest(ctx.dense, ctx.example_input)}.json"
         meter = SpeedupMeter(ctx.dense, ctx.example_input, cfg.profile.threads, cfg.profile.batch_size,
                              cfg.prune.search_rounds, cfg.device,
-                             cache_path=cache if cfg.prune.reuse_measurements else None)
+                             cache_path=cache if cfg.prune.reuse_measurements else None,
+                             drift_limit=cfg.prune.measurement_drift_limit)
         for note in meter.notes:
             print(f"prune: {note}")
         problem = AllocationProblem(graph, scores, cfg.target_speedup, cfg.prune.max_overshoot,
