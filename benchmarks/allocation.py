@@ -151,6 +151,11 @@ def main() -> None:
                         help="with --keep-from: take the re-run policies' no-finetune runs from it too, and run "
                              "only their finetuned runs (for a change that only matters when a finetune follows)")
     args = parser.parse_args()
+    if args.reuse_no_finetune and not args.keep_from:
+        parser.error("--reuse-no-finetune takes its records from --keep-from: give both")
+    for path in (args.keep_from, args.from_json):
+        if path and not Path(path).is_file():
+            parser.error(f"{path}: no such file")
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         records = saved["records"]
