@@ -68,7 +68,7 @@ def prune_once(files: dict, out: Path, seed: int) -> tuple[dict, dict]:
     return saved["plan"], saved["prune"]
 
 
-def test_same_inputs_and_seed_give_the_same_allocation(user_files, tmp_path, monkeypatch):
+def test_same_inputs_and_seed_give_the_same_allocation(user_files, tmp_path):
     # The cache is what makes the second run read the first run's figures; on a busy machine the dense
     # model's latency can move more than the drift limit between two runs, which would set it aside
     # (tested in test_allocation.py), so prune_once lifts the limit.
