@@ -9,8 +9,11 @@ finetune for every policy (the product default unless --epochs is given). The ru
 SPDY chooses differently when a finetune follows (it ranks its finalists by a short finetune). Accuracy
 is top-1 on the held-out digits split (360 images: one image is 0.28 points). One run per seed: the seed
 picks the dense model's training run, the calibration order and the finetune's data order, and every
-policy of a seed starts from the same dense model. The table shows the mean over seeds; the JSON
-keeps every run.
+policy of a seed starts from the same dense model. The finetuned column is the mean of K finetunes of
+the plan the finetuned run chose (--finetune-repeats: the run's own, then K-1 from the same pruned
+weights with other seeds): one plan's finetuned accuracy moves by 0.1-0.5 points (stdev) with the
+finetune's seed alone, as much as the policies differ, and a policy comparison should not rest on one
+draw of it. The table shows the mean over seeds; the JSON keeps every run and every finetune.
 
 The default data is the built-in `digits_distorted` (1,077 test images: one image is 0.09 points), not
 plain `digits`: on plain digits every policy finetunes back to within a test image or two of the dense
@@ -19,6 +22,7 @@ Each cell's verdict also gives spdy's lead over the best other policy, seed by s
 standard error.
 
     python benchmarks/allocation.py [--models a,b] [--targets 2,3] [--seeds 0,1,2] [--epochs N] [--data NAME]
+        [--finetune-repeats K]
     python benchmarks/allocation.py --from-json results/allocation.json   # re-summarise, no runs
     python benchmarks/allocation.py --resume   # after an interruption: runs only the missing records
 
@@ -27,6 +31,8 @@ Results: results/allocation.{json,md} for digits_distorted, results/allocation_N
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import tempfile
@@ -34,10 +40,14 @@ from pathlib import Path
 
 from common import run_quietly, write_results
 
+from deploycompress.errors import TargetUnreachable
 from deploycompress.recipe import build_config
 
 POLICIES = ("spdy", "uniform", "global")
 DEFAULT_DATA = "digits_distorted"
+# The finetuned column: a run's test accuracy averaged over its finetunes (`finetune_again`); records
+# from before the repeats have the run's one finetune.
+FINETUNED = "accuracy_finetuned_mean"
 
 
 def test_images(data: str) -> int:
@@ -46,12 +56,48 @@ def test_images(data: str) -> int:
     return len(BUILTIN_DATASETS[data]().y_test)
 
 
-def _run(model: str, target: float, policy: str, seed: int, epochs: int | None, data: str) -> tuple[dict, float]:
+def _run(model: str, target: float, policy: str, seed: int, epochs: int | None, data: str,
+         repeats: int = 1) -> tuple[dict, float, list[float]]:
+    """(report, seconds, test accuracy of the run's pruned model finetuned with `repeats` seeds: the run's
+    own finetune first, then REPEAT_SEED_STEP apart; empty when no finetune follows)."""
     finetune = {} if epochs is None else {"epochs": epochs}
     with tempfile.TemporaryDirectory() as out:
         config = build_config(None, {"model": model, "data": data, "target_speedup": target, "out": out,
                                      "seed": seed, "prune": {"policy": policy}, "finetune": finetune})
-        return run_quietly(config)
+        report, seconds = run_quietly(config)
+        if not report["finetune"]["epochs"]:
+            return report, seconds, []
+        extra = [seed + REPEAT_SEED_STEP * k for k in range(1, repeats)]
+        return report, seconds, [report["accuracy"]["compressed"], *finetune_again(config, extra)]
+
+
+# The seeds of a run's extra finetunes are this far from its own, so no two runs of a benchmark share one.
+REPEAT_SEED_STEP = 1000
+
+
+def finetune_again(config, seeds: list[int]) -> list[float]:
+    """Test accuracy of the run's pruned model (plan.json and pruned.pt in its run directory) finetuned
+    again from the same weights with each of `seeds`, the finetune otherwise the run's own. Why: one plan
+    finetuned with six seeds (vgg_digits 3x, digits_distorted) spread 0.14-0.49 points (stdev), as much
+    as the gaps between policies; averaging over finetune seeds compares the allocations, not the luck
+    of one finetune's data order."""
+    from deploycompress.context import build_context
+    from deploycompress.stages.finetune import finetune_epochs
+    from deploycompress.stages.prune import PruneStage
+    from deploycompress.training import accuracy, fit
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        ctx = build_context(config, Path(config.out))
+        PruneStage().restore(ctx)
+    pruned = {name: tensor.clone() for name, tensor in ctx.model.state_dict().items()}
+    cfg, epochs, accuracies = config.finetune, finetune_epochs(ctx), []
+    for seed in seeds:
+        ctx.model.load_state_dict(pruned)
+        fit(ctx.model, ctx.data, epochs, cfg.lr, seed, teacher=ctx.dense, temperature=cfg.temperature,
+            distill_weight=cfg.distill_weight, batch_size=cfg.batch_size, description=f"finetune again (seed {seed})")
+        ctx.model.eval()
+        accuracies.append(accuracy(ctx.model, ctx.data.x_test, ctx.data.y_test))
+    return accuracies
 
 
 NO_FINETUNE_FIELDS = ("measured_speedup_no_finetune", "trusted_no_finetune", "accuracy_no_finetune",
@@ -59,18 +105,19 @@ NO_FINETUNE_FIELDS = ("measured_speedup_no_finetune", "trusted_no_finetune", "ac
 
 
 def run_one(model: str, target: float, policy: str, seed: int, epochs: int | None, data: str,
-            no_finetune: dict | None = None) -> dict:
+            no_finetune: dict | None = None, finetune_repeats: int = 1) -> dict:
     """Two runs: without a finetune (the policy then chooses for the model as pruned) and with one (SPDY
-    then ranks its finalists by a short finetune); each column is the accuracy its own run delivers.
+    then ranks its finalists by a short finetune); each column is the accuracy its own run delivers, the
+    finetuned one averaged over `finetune_repeats` finetunes of the plan that run chose (`finetune_again`).
     `no_finetune`: an earlier record whose no-finetune run is taken instead of running it again."""
     if no_finetune is None:
-        bare, bare_seconds = _run(model, target, policy, seed, 0, data)
+        bare, bare_seconds, _ = _run(model, target, policy, seed, 0, data)
         no_finetune = {"measured_speedup_no_finetune": bare["speedup"]["measured"],
                        "trusted_no_finetune": bare["speedup"]["trusted"],
                        "accuracy_no_finetune": bare["accuracy"]["compressed"],
                        "chosen_source_no_finetune": bare["search"].get("details", {}).get("chosen_source"),
                        "seconds_no_finetune": bare_seconds}
-    report, seconds = _run(model, target, policy, seed, epochs, data)
+    report, seconds, repeats = _run(model, target, policy, seed, epochs, data, finetune_repeats)
     details = report["search"].get("details", {})
     return {"model": model, "data": data, "target": target, "policy": policy, "seed": seed,
             "measured_speedup": report["speedup"]["measured"], "trusted": report["speedup"]["trusted"],
@@ -78,6 +125,8 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
             "accuracy_dense": report["accuracy"]["dense"],
             "accuracy_before_finetune": report["finetune"]["accuracy_before"],
             "accuracy_finetuned": report["accuracy"]["compressed"], "finetune_epochs": report["finetune"]["epochs"],
+            "accuracy_finetuned_repeats": repeats,
+            FINETUNED: statistics.fmean(repeats or [report["accuracy"]["compressed"]]),
             "chosen_by": details.get("chosen_by"), "chosen_source": details.get("chosen_source"),
             # a baseline's plan: as its bisection found it, widened into the window, or left above it
             "accepted_as": details.get("accepted_as"), "searched_speedup": details.get("searched_speedup"),
@@ -90,6 +139,8 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
 def summarize(records: list[dict], models: list[str], targets: list[float], policies: list[str]):
     """Mean over seeds per (model, target, policy), and whether spdy is at least as accurate as each
     other policy in both columns."""
+    for r in records:
+        r[FINETUNED] = statistics.fmean(r.get("accuracy_finetuned_repeats") or [r["accuracy_finetuned"]])
     rows, verdicts = [], []
     for model in models:
         for target in targets:
@@ -98,17 +149,17 @@ def summarize(records: list[dict], models: list[str], targets: list[float], poli
                 runs = [r for r in records if (r["model"], r["target"], r["policy"]) == (model, target, policy)]
                 mean = {key: statistics.fmean(r[key] for r in runs)
                         for key in ("measured_speedup", "measured_speedup_no_finetune", "accuracy_dense",
-                                    "accuracy_no_finetune", "accuracy_finetuned", "prune_seconds")}
+                                    "accuracy_no_finetune", FINETUNED, "prune_seconds")}
                 means[policy] = mean
                 chosen = " / ".join(f"{r['chosen_source_no_finetune']}, {r['chosen_source']}" for r in runs) \
                     if policy == "spdy" else ""
                 rows.append([model, f"{target:g}x", policy, mean["measured_speedup_no_finetune"], mean["measured_speedup"],
-                             mean["accuracy_dense"], mean["accuracy_no_finetune"], mean["accuracy_finetuned"],
+                             mean["accuracy_dense"], mean["accuracy_no_finetune"], mean[FINETUNED],
                              " / ".join(f"{r['accuracy_no_finetune']:.2f}" for r in runs),
-                             " / ".join(f"{r['accuracy_finetuned']:.2f}" for r in runs), chosen, mean["prune_seconds"]])
+                             " / ".join(f"{r[FINETUNED]:.2f}" for r in runs), chosen, mean["prune_seconds"]])
             if "spdy" in means:
                 others = [p for p in policies if p != "spdy"]
-                for column in ("accuracy_no_finetune", "accuracy_finetuned"):
+                for column in ("accuracy_no_finetune", FINETUNED):
                     best = max(others, key=lambda p: means[p][column], default=None)
                     best_other = means[best][column] if best else float("-inf")
                     verdicts.append({"model": model, "target": target, "column": column,
@@ -138,6 +189,9 @@ def main() -> None:
     parser.add_argument("--targets", default="2,3")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="finetune epochs (default: the product default)")
+    parser.add_argument("--finetune-repeats", type=int, default=5, metavar="K",
+                        help="finetune each finetuned run's plan K times (its own seed and K-1 more) and take the "
+                             "mean accuracy (default: %(default)s)")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--data", default=DEFAULT_DATA, help="a built-in dataset (default: %(default)s)")
     parser.add_argument("--from-json", metavar="PATH",
@@ -151,6 +205,8 @@ def main() -> None:
                         help="with --keep-from: take the re-run policies' no-finetune runs from it too, and run "
                              "only their finetuned runs (for a change that only matters when a finetune follows)")
     args = parser.parse_args()
+    if args.finetune_repeats < 1:
+        parser.error("--finetune-repeats must be at least 1")
     if args.reuse_no_finetune and not args.keep_from:
         parser.error("--reuse-no-finetune takes its records from --keep-from: give both")
     for path in (args.keep_from, args.from_json):
@@ -162,7 +218,8 @@ def main() -> None:
         models = list(dict.fromkeys(r["model"] for r in records))
         policies = list(dict.fromkeys(r["policy"] for r in records))
         data = records[0].get("data", "digits")  # records from before --data were all on plain digits
-        report(records, models, saved["targets"], policies, saved["seeds"], data, saved["environment"])
+        report(records, models, saved["targets"], policies, saved["seeds"], data, saved["environment"],
+               saved.get("failures", []))
         return
     models, policies = args.models.split(","), args.policies.split(",")
     targets = [float(t) for t in args.targets.split(",")]
@@ -184,6 +241,7 @@ def main() -> None:
                    and r["target"] in targets and r["seed"] in seeds and r.get("data", "digits") == args.data]
         print(f"kept {len(records)} records of {sorted({r['policy'] for r in records})} from {args.keep_from}")
         policies = [p for p in POLICIES if p in policies or any(r["policy"] == p for r in records)]
+    failures: list[dict] = []
     for seed in seeds:
         for model in models:
             for target in targets:
@@ -191,20 +249,28 @@ def main() -> None:
                     if any((r["model"], r["target"], r["policy"], r["seed"]) == (model, target, policy, seed)
                            for r in records):
                         continue
-                    records.append(run_one(model, target, policy, seed, args.epochs, args.data,
-                                           earlier.get((model, target, policy, seed))))
+                    try:
+                        records.append(run_one(model, target, policy, seed, args.epochs, args.data,
+                                               earlier.get((model, target, policy, seed)), args.finetune_repeats))
+                    except TargetUnreachable as exc:  # one cell out of reach must not end an hour-long run
+                        failures.append({"model": model, "target": target, "policy": policy, "seed": seed,
+                                         "error": str(exc)})
+                        print(f"seed {seed} {model} {target:g}x {policy}: FAILED: {exc}", flush=True)
+                        continue
                     partial.write_text(json.dumps({"records": records}, indent=1))
                     r = records[-1]
                     print(f"seed {seed} {model} {target:g}x {policy}: no finetune {r['accuracy_no_finetune']:.2f} "
-                          f"at {r['measured_speedup_no_finetune']:.2f}x, finetuned {r['accuracy_finetuned']:.2f} "
+                          f"at {r['measured_speedup_no_finetune']:.2f}x, finetuned {r[FINETUNED]:.2f} "
                           f"at {r['measured_speedup']:.2f}x (prune {r['prune_seconds']:.0f} s)", flush=True)
-    report(records, models, targets, policies, seeds, args.data)
+    report(records, models, targets, policies, seeds, args.data, failures=failures)
     partial.unlink(missing_ok=True)
 
 
 def report(records: list[dict], models: list[str], targets: list[float], policies: list[str], seeds: list[int],
-           data: str, measured_in: dict | None = None) -> None:
-    """Write the JSON and Markdown results; `measured_in` keeps an earlier run's environment."""
+           data: str, measured_in: dict | None = None, failures: list[dict] | None = None) -> None:
+    """Write the JSON and Markdown results; `measured_in` keeps an earlier run's environment; `failures`:
+    the runs that ended in an error (a target out of reach), which the means leave out."""
+    failures = failures or []
     rows, verdicts = summarize(records, models, targets, policies)
     images = test_images(data)
     wins = sum(v["spdy_at_least_as_accurate"] for v in verdicts)
@@ -212,12 +278,14 @@ def report(records: list[dict], models: list[str], targets: list[float], policie
     notes = [f"Measured targets {', '.join(f'{t:g}x' for t in targets)} (ONNX Runtime CPU, 1 thread, batch 1); "
              f"finetune {'/'.join(map(str, epochs))} epoch(s) of distillation + cross-entropy for every policy; "
              f"accuracy = top-1 % on the {data} test split ({images} images), mean over seeds "
-             f"{','.join(map(str, seeds))}. "
+             f"{','.join(map(str, seeds))}; 'finetuned' is each run's plan finetuned "
+             f"{_repeat_counts(records)} time(s) with different seeds, averaged (the finetune's seed alone moves a "
+             "plan's accuracy by as much as the policies differ). "
              "'no finetune' and 'finetuned' are separate runs (finetune.epochs 0, and the default); "
              "'spdy chose' is where SPDY's plan came from in each (DP phase, or a baseline family).",
              f"spdy at least as accurate as the best other policy (mean over seeds): {wins}/{len(verdicts)} "
              "(model, target, column) cells.",
-             *[f"- NOT: {v['model']} {v['target']:g}x {v['column']}: spdy {v['spdy']:.2f} < {v['best_other']:.2f} "
+             *[f"- NOT: {v['model']} {v['target']:g}x {_column_label(v)}: spdy {v['spdy']:.2f} < {v['best_other']:.2f} "
                f"({(v['best_other'] - v['spdy']) * images / 100:.1f} test images a seed on average)"
                for v in verdicts if not v["spdy_at_least_as_accurate"]],
              "spdy's lead over the best other policy, mean of its per-seed differences (points) +- its standard error:",
@@ -232,7 +300,11 @@ def report(records: list[dict], models: list[str], targets: list[float], policie
     if untrusted:
         notes.append(f"{len(untrusted)} run(s) had an untrusted speedup measurement (its rounds disagreed beyond the gate's limits): "
                      + ", ".join(untrusted))
-    payload = {"records": records, "verdicts": verdicts, "targets": targets, "seeds": seeds}
+    if failures:
+        notes.append(f"{len(failures)} run(s) failed and are left out of the means: "
+                     + "; ".join(f"{f['model']} {f['target']:g}x/{f['policy']}/seed {f['seed']}: {f['error']}"
+                                 for f in failures))
+    payload = {"records": records, "verdicts": verdicts, "targets": targets, "seeds": seeds, "failures": failures}
     if measured_in is not None:
         payload["environment"] = measured_in
     write_results("allocation" if data == DEFAULT_DATA else f"allocation_{data}", payload,
@@ -241,8 +313,17 @@ def report(records: list[dict], models: list[str], targets: list[float], policie
                    "spdy chose (no finetune, finetuned) per seed", "prune s (finetuned run)"], rows, notes)
 
 
+def _repeat_counts(records: list[dict]) -> str:
+    counts = sorted({len(r.get("accuracy_finetuned_repeats") or [None]) for r in records})
+    return "/".join(map(str, counts))
+
+
+def _column_label(v: dict) -> str:
+    return "finetuned" if v["column"] in (FINETUNED, "accuracy_finetuned") else "no finetune"
+
+
 def _lead_line(v: dict) -> str:
-    column = "finetuned" if v["column"] == "accuracy_finetuned" else "no finetune"
+    column = _column_label(v)
     if v.get("lead_mean") is None:
         return f"- {v['model']} {v['target']:g}x {column}: no paired runs"
     stderr = "n/a" if v["lead_stderr"] is None else f"{v['lead_stderr']:.2f}"
@@ -255,7 +336,7 @@ def _pooled_lead_lines(records: list[dict], policies: list[str]) -> list[str]:
     """One figure per (column, other policy): the paired differences of every run, pooled."""
     spdy = {(r["model"], r["target"], r["seed"]): r for r in records if r["policy"] == "spdy"}
     lines = []
-    for column, label in (("accuracy_no_finetune", "no finetune"), ("accuracy_finetuned", "finetuned")):
+    for column, label in (("accuracy_no_finetune", "no finetune"), (FINETUNED, "finetuned")):
         for other in (p for p in policies if p != "spdy"):
             leads = [spdy[key][column] - r[column] for r in records if r["policy"] == other
                      for key in [(r["model"], r["target"], r["seed"])] if key in spdy]

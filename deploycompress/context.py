@@ -36,6 +36,22 @@ class RunContext:
     plan: Plan | None = None
     masks: ChannelMasks | None = None
     report: dict = field(default_factory=dict)
+    # Re-solves after the profile measured short of the target (pipeline.run_pipeline): each entry's
+    # measured speedup and the window shift the next prune uses (AllocationProblem.aim_shift).
+    resolves: list[dict] = field(default_factory=list)
+
+    @property
+    def aim_shift(self) -> float:
+        return self.resolves[-1]["aim_shift"] if self.resolves else 0.0
+
+    def reset_to_dense(self) -> None:
+        """A fresh working copy of the dense model, for pruning again from the start."""
+        if self.masks is not None:
+            self.masks.remove()
+        self.graph, self.plan, self.masks = None, None, None
+        self.model = copy.deepcopy(self.dense)
+        for p in self.model.parameters():
+            p.requires_grad_(True)
 
     @property
     def calibration(self) -> torch.Tensor:

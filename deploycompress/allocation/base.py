@@ -187,6 +187,9 @@ class AllocationProblem:
     spdy_evaluations: int = 100  # calibration-loss evaluations in SPDY's coefficient search
     # The search aims a little above the target so that the final, longer measurement still meets it.
     margin: float = 0.03
+    # Both ends of the window raised by this fraction: a re-solve after the profile stage measured the
+    # chosen model short of the target (pipeline.run_pipeline), capped at the allowance.
+    aim_shift: float = 0.0
     notes: list[str] = field(default_factory=list)
     # For iterative policies (SAP): finetune the working model masked to a plan briefly and return fresh
     # scores for every group. None where the caller cannot train (scores then stay as they are).
@@ -200,11 +203,13 @@ class AllocationProblem:
         """The measured speedups a search accepts: `margin` inside both ends of the allowed range
         [target, target * (1 + max_overshoot)], because the profile stage measures the chosen model
         again, separately, and that figure must land inside too. Where the allowance is too narrow for
-        two margins, the upper end is the allowance itself."""
-        goal = self.target * (1 + self.margin)
-        ceiling = self.target * (1 + self.max_overshoot - self.margin)
+        two margins, the upper end is the allowance itself. `aim_shift` raises both ends (the goal no
+        higher than just under the allowance)."""
+        allowance = self.target * (1 + self.max_overshoot)
+        goal = min(self.target * (1 + self.margin) * (1 + self.aim_shift), allowance / 1.02)
+        ceiling = min(self.target * (1 + self.max_overshoot - self.margin) * (1 + self.aim_shift), allowance)
         if ceiling < goal * 1.02:
-            ceiling = self.target * (1 + self.max_overshoot)
+            ceiling = allowance
         return goal, ceiling
 
     def plan_from_widths(self, widths: dict[str, int]) -> Plan:

@@ -175,7 +175,12 @@ class PruneStage(Stage):
                                     multiple, meter, calibration_loss_fn(ctx, graph), cfg.seed,
                                     spdy_evaluations=cfg.prune.spdy_evaluations,
                                     finetune_round=finetune_round_fn(ctx, graph, rescore),
-                                    finetuned_loss=finetuned_loss_fn(ctx, graph))
+                                    finetuned_loss=finetuned_loss_fn(ctx, graph), aim_shift=ctx.aim_shift)
+        if ctx.resolves:
+            last = ctx.resolves[-1]
+            problem.notes.append(f"pruned again (re-solve {len(ctx.resolves)}): the profile measured "
+                                 f"{last['measured']:.2f}x against the {cfg.target_speedup:g}x target, so the "
+                                 f"search window is raised by {last['aim_shift']:.1%}")
         result = policies.get(cfg.prune.policy)().allocate(problem)
         # Per-group latency and the whole-model prediction, for every policy: the latency model is fitted
         # to every candidate measured during the search except the chosen plan itself, so the error of

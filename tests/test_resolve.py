@@ -1,0 +1,85 @@
+"""Re-solve after a short profile: when the profile stage's trusted figure is short of the target, the
+pipeline prunes again from the dense model with the search window raised by the shortfall, at most
+prune.resolve_attempts times, and the report says so. Stand-in prune and profile stages make the
+readings exact; the window arithmetic is checked on AllocationProblem itself."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deploycompress.pipeline import RESOLVE_EXTRA, run_pipeline
+from deploycompress.recipe import build_config
+from deploycompress.stages import Stage
+from test_allocation import _problem as make_problem
+
+NET_PY = '''
+from torch import nn
+
+
+def make(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+'''
+
+
+class RecordingPrune(Stage):
+    name = "prune"
+
+    def __init__(self):
+        self.calls: list[tuple[float, int]] = []  # (aim shift seen, id of the working model)
+
+    def run(self, ctx) -> None:
+        self.calls.append((ctx.aim_shift, id(ctx.model)))
+        # what the report reads from the stages this stand-in replaces
+        ctx.report.update(prune={"notes": [], "candidates": []}, params={"dense": 1, "compressed": 1},
+                          macs={"dense": 1, "compressed": 1}, onnx={"max_abs_diff": 0.0, "opset": 17})
+
+
+class ScriptedProfile(Stage):
+    name = "profile"
+
+    def __init__(self, readings: list[float], trusted: bool = True):
+        self.readings, self.trusted = list(readings), trusted
+
+    def run(self, ctx) -> None:
+        ctx.report["latency"] = {"comparison": {"speedup": self.readings.pop(0)}, "trusted": self.trusted}
+
+
+def _run(tmp_path, readings, trusted=True, attempts=None):
+    (tmp_path / "net.py").write_text(NET_PY)
+    prune = {} if attempts is None else {"resolve_attempts": attempts}
+    config = build_config(None, {"model": f"{tmp_path / 'net.py'}:make", "data": "none", "input_shape": "1,3,8,8",
+                                 "target_speedup": 2.0, "out": str(tmp_path / "run"), "prune": prune})
+    stages = [RecordingPrune(), ScriptedProfile(readings, trusted)]
+    return run_pipeline(config, stages=stages), stages[0].calls, tmp_path / "run"
+
+
+def test_short_profile_prunes_again_from_dense_with_raised_window(tmp_path):
+    report, calls, run_dir = _run(tmp_path, [1.9, 2.05])
+    assert [shift for shift, _ in calls] == [0.0, pytest.approx((2.0 / 1.9) * (1 + RESOLVE_EXTRA) - 1)]
+    assert calls[0][1] != calls[1][1], "the second prune must start from a fresh copy of the dense model"
+    assert report["target_met"] is True and report["speedup"]["measured"] == 2.05
+    assert [r["measured"] for r in report["resolves"]] == [1.9]
+    assert json.loads((run_dir / "manifest.json").read_text())["resolves"] == report["resolves"]
+
+
+def test_resolves_stop_at_the_configured_attempts(tmp_path):
+    report, calls, _ = _run(tmp_path, [1.9, 1.95, 1.97], attempts=2)
+    shifts = [shift for shift, _ in calls]
+    assert len(calls) == 3 and shifts[0] < shifts[1] < shifts[2]
+    assert report["target_met"] is False and len(report["resolves"]) == 2
+
+
+@pytest.mark.parametrize("readings,trusted,attempts", [([2.1], True, None), ([1.9], False, None), ([1.9], True, 0)])
+def test_no_resolve_when_met_untrusted_or_switched_off(tmp_path, readings, trusted, attempts):
+    report, calls, _ = _run(tmp_path, readings, trusted, attempts)
+    assert len(calls) == 1 and report["resolves"] == []
+
+
+def test_aim_shift_raises_the_window_within_the_allowance():
+    problem = make_problem(2.0, 0.10)
+    assert problem.window == pytest.approx((2.0 * 1.03, 2.0 * 1.07))
+    problem.aim_shift = 0.02
+    assert problem.window == pytest.approx((2.0 * 1.03 * 1.02, 2.0 * 1.07 * 1.02))
+    problem.aim_shift = 0.20  # the goal stops just under the allowance, the ceiling at it
+    assert problem.window == pytest.approx((2.2 / 1.02, 2.2))
