@@ -206,7 +206,8 @@ class AllocationProblem:
         two margins, the upper end is the allowance itself. `aim_shift` raises both ends (the goal no
         higher than just under the allowance)."""
         allowance = self.target * (1 + self.max_overshoot)
-        goal = min(self.target * (1 + self.margin) * (1 + self.aim_shift), allowance / 1.02)
+        goal = self.target * (1 + self.margin)
+        goal = min(goal * (1 + self.aim_shift), max(goal, allowance / 1.02))
         ceiling = min(self.target * (1 + self.max_overshoot - self.margin) * (1 + self.aim_shift), allowance)
         if ceiling < goal * 1.02:
             ceiling = allowance
