@@ -147,6 +147,8 @@ def summarize(records: list[dict], models: list[str], targets: list[float], poli
             means = {}
             for policy in policies:
                 runs = [r for r in records if (r["model"], r["target"], r["policy"]) == (model, target, policy)]
+                if not runs:  # every run of this cell failed (`failures`)
+                    continue
                 mean = {key: statistics.fmean(r[key] for r in runs)
                         for key in ("measured_speedup", "measured_speedup_no_finetune", "accuracy_dense",
                                     "accuracy_no_finetune", FINETUNED, "prune_seconds")}
