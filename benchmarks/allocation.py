@@ -82,19 +82,18 @@ def finetune_again(config, seeds: list[int]) -> list[float]:
     as the gaps between policies; averaging over finetune seeds compares the allocations, not the luck
     of one finetune's data order."""
     from deploycompress.context import build_context
-    from deploycompress.stages.finetune import finetune_epochs
+    from deploycompress.stages.finetune import finetune_epochs, short_fit
     from deploycompress.stages.prune import PruneStage
-    from deploycompress.training import accuracy, fit
+    from deploycompress.training import accuracy
 
     with contextlib.redirect_stdout(io.StringIO()):
         ctx = build_context(config, Path(config.out))
         PruneStage().restore(ctx)
     pruned = {name: tensor.clone() for name, tensor in ctx.model.state_dict().items()}
-    cfg, epochs, accuracies = config.finetune, finetune_epochs(ctx), []
+    epochs, accuracies = finetune_epochs(ctx), []
     for seed in seeds:
         ctx.model.load_state_dict(pruned)
-        fit(ctx.model, ctx.data, epochs, cfg.lr, seed, teacher=ctx.dense, temperature=cfg.temperature,
-            distill_weight=cfg.distill_weight, batch_size=cfg.batch_size, description=f"finetune again (seed {seed})")
+        short_fit(ctx, epochs, seed, description=f"finetune again (seed {seed})")  # whole epochs: the stage's fit
         ctx.model.eval()
         accuracies.append(accuracy(ctx.model, ctx.data.x_test, ctx.data.y_test))
     return accuracies
@@ -126,7 +125,6 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
             "accuracy_before_finetune": report["finetune"]["accuracy_before"],
             "accuracy_finetuned": report["accuracy"]["compressed"], "finetune_epochs": report["finetune"]["epochs"],
             "accuracy_finetuned_repeats": repeats,
-            FINETUNED: statistics.fmean(repeats or [report["accuracy"]["compressed"]]),
             "chosen_by": details.get("chosen_by"), "chosen_source": details.get("chosen_source"),
             # a baseline's plan: as its bisection found it, widened into the window, or left above it
             "accepted_as": details.get("accepted_as"), "searched_speedup": details.get("searched_speedup"),
@@ -136,11 +134,17 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
             "widths": {layer["name"]: layer["channels_after"] for layer in report["layers"]}}
 
 
+def finetuned_mean(record: dict) -> float:
+    """The finetuned column of a record: the mean over its finetunes (the run's one, for records from
+    before --finetune-repeats)."""
+    return statistics.fmean(record.get("accuracy_finetuned_repeats") or [record["accuracy_finetuned"]])
+
+
 def summarize(records: list[dict], models: list[str], targets: list[float], policies: list[str]):
     """Mean over seeds per (model, target, policy), and whether spdy is at least as accurate as each
     other policy in both columns."""
     for r in records:
-        r[FINETUNED] = statistics.fmean(r.get("accuracy_finetuned_repeats") or [r["accuracy_finetuned"]])
+        r[FINETUNED] = finetuned_mean(r)
     rows, verdicts = [], []
     for model in models:
         for target in targets:
@@ -262,7 +266,7 @@ def main() -> None:
                     partial.write_text(json.dumps({"records": records}, indent=1))
                     r = records[-1]
                     print(f"seed {seed} {model} {target:g}x {policy}: no finetune {r['accuracy_no_finetune']:.2f} "
-                          f"at {r['measured_speedup_no_finetune']:.2f}x, finetuned {r[FINETUNED]:.2f} "
+                          f"at {r['measured_speedup_no_finetune']:.2f}x, finetuned {finetuned_mean(r):.2f} "
                           f"at {r['measured_speedup']:.2f}x (prune {r['prune_seconds']:.0f} s)", flush=True)
     report(records, models, targets, policies, seeds, args.data, failures=failures)
     partial.unlink(missing_ok=True)

@@ -24,6 +24,14 @@ DENSE_EPOCHS = 15
 ZOO_CACHE_VERSION = 1
 
 
+def working_copy(dense: nn.Module) -> nn.Module:
+    """A trainable copy of the (frozen) dense model: what the stages prune and finetune."""
+    model = copy.deepcopy(dense)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
 @dataclass
 class RunContext:
     config: RunConfig
@@ -49,9 +57,7 @@ class RunContext:
         if self.masks is not None:
             self.masks.remove()
         self.graph, self.plan, self.masks = None, None, None
-        self.model = copy.deepcopy(self.dense)
-        for p in self.model.parameters():
-            p.requires_grad_(True)
+        self.model = working_copy(self.dense)
 
     @property
     def calibration(self) -> torch.Tensor:
@@ -144,8 +150,6 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
             raise UserError(f"labels go up to {top} but the model has {out.shape[1]} outputs")
     for p in dense.parameters():
         p.requires_grad_(False)
-    ctx = RunContext(config, run_dir, dense, copy.deepcopy(dense), data, example)
-    for p in ctx.model.parameters():
-        p.requires_grad_(True)
+    ctx = RunContext(config, run_dir, dense, working_copy(dense), data, example)
     ctx.report["accuracy"] = {"dense": accuracy(dense, data.x_test, data.y_test), "compressed": None}
     return ctx

@@ -28,7 +28,7 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         "target_met": None if measured is None or not latency.get("trusted", True)
         else bool(measured >= cfg.target_speedup),
         # The profile's figures that were short of the target and made the run prune again (newest last).
-        "resolves": list(getattr(ctx, "resolves", [])),
+        "resolves": list(ctx.resolves),
         "speedup": {
             "measured": measured,
             "ci95": comparison.get("ci95"),

@@ -110,7 +110,7 @@ def profile_with(monkeypatch, tmp_path: Path, results: list[runtime.Comparison],
     monkeypatch.setattr(runtime, "compare", fake_compare)
     config = build_config(None, {"target_speedup": target, "profile": {"rounds": 5}})
     x = torch.zeros(4, 1, 16, 16)
-    ctx = SimpleNamespace(config=config, run_dir=tmp_path, report={},
+    ctx = SimpleNamespace(config=config, run_dir=tmp_path, report={}, resolves=[],
                           data=DataBundle("digits", x, None, x, None, None))
     ProfileStage().run(ctx)
     report = build_report(ctx, [{"name": "profile", "seconds": 1.0, "resumed": False}], 1.0)
