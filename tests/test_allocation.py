@@ -239,3 +239,59 @@ def test_a_noisy_measurement_is_taken_again_and_persisted_so_a_rerun_reads_it(tm
     assert first.measure(plan).speedup == 2.1 and asked_rounds == [5, 10]
     second = base.SpeedupMeter(model, example, threads=1, batch_size=1, rounds=5, cache_path=cache)
     assert second.measure(plan).speedup == 2.1 and asked_rounds == [5, 10]  # read from disk, not timed
+
+
+class BlindLatencyModel:
+    """A latency table that does not see one group shrink (as the real table missed what narrowing
+    mobilenet_digits' head and last depthwise block saves): the DP keeps that group dense, so no DP
+    plan reaches a high target, while the FakeMeter, which does count it, shows a uniform plan can."""
+
+    def __init__(self, problem, blind: str):
+        self.dense = dict(problem.meter.dense)
+        self.dense_cost = problem.meter.dense_cost
+        self.blind = blind
+        self.offset, self.scale, self.points = 0.0, 1.0, []
+
+    def _cost(self, name, width):
+        return self.dense[name] ** 2 if name == self.blind else width * width
+
+    def unit_times(self, name, widths):
+        return [self._cost(name, w) / self.dense_cost for w in widths]
+
+    def add_measurement(self, widths, speedup):
+        self.points.append((widths, speedup))
+
+    def predict_ms(self, widths):
+        return sum(self._cost(name, widths.get(name, c)) for name, c in self.dense.items()) / self.dense_cost
+
+    predict_ms_excluding = predict_ms
+
+
+def test_spdy_searches_the_baselines_before_calling_a_target_out_of_reach(monkeypatch):
+    from deploycompress.allocation import spdy
+    from deploycompress.allocation.window import loose_ceiling
+
+    problem = _problem(3.0)
+    problem.spdy_evaluations = 6
+    monkeypatch.setattr(spdy, "build_latency_model", lambda p: BlindLatencyModel(p, "features.7.0"))
+    # The DP's fastest plan, as the blind table would have it (every group at its narrowest but the blind
+    # one), measures well short of 3x: only the measured families (and steps from the DP's plan) get there.
+    narrowest = {g.name: 8 for g in problem.graph.groups} | {"features.7.0": 128}
+    assert problem.meter.measure(problem.plan_from_widths(narrowest)).speedup < 2.6
+    result = policies.get("spdy")().allocate(problem)
+    goal, _ = problem.window
+    assert goal <= result.measured_speedup <= loose_ceiling(problem), result.details["trace"]
+    assert result.measured_speedup == pytest.approx(problem.meter.measure(result.plan).speedup)
+    assert result.details["baselines"], "the uniform and global families were searched"
+    assert any(note.startswith("spdy: no DP plan landed in the window") for note in problem.notes), problem.notes
+
+
+def test_spdy_still_reports_a_target_no_plan_reaches(monkeypatch):
+    from deploycompress.allocation import spdy
+
+    problem = _problem(10_000.0)
+    problem.spdy_evaluations = 6
+    monkeypatch.setattr(spdy, "build_latency_model", lambda p: BlindLatencyModel(p, "features.7.0"))
+    with pytest.raises(TargetUnreachable) as info:
+        policies.get("spdy")().allocate(problem)
+    assert info.value.best_speedup is not None and 1 < info.value.best_speedup < 10_000

@@ -9,7 +9,10 @@ the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts
    so the solved plan is *measured*, and the speedup the DP aims for is corrected (secant steps, then
    bisection) until the measured speedup lands in the problem's window (a margin inside [target,
    target * (1 + max_overshoot)]). The DP's plan jumps as the aim moves, so a plan that misses the
-   window by a little is stepped in one level of one group at a time (`step_into_window`).
+   window by a little is stepped in one level of one group at a time (`step_into_window`), and so is
+   the fastest plan when every plan fell short and the DP offers nothing faster (its table sees no
+   time left to take out). If no DP plan lands even so, the baseline families (step 5) are searched
+   before the target is called out of reach, and the search goes on from what they measured.
 5. The error coefficients c are searched (spdy_dp.coefficient_search), each candidate's plan taken at
    the DP aim the latency model predicts lands mid-window and scored by the calibration loss of the
    model masked to it (seeded with measured per-group sensitivity and with a near-uniform shape); then
@@ -34,7 +37,7 @@ from .latency_model import LatencyModel, build_latency_model
 from .searched import global_family, uniform_family
 from .spdy_dp import coefficient_search, prunable_budget, quadratic_errors, solve_dp
 from .window import (  # noqa: F401 - level_widths, step_into_window and _level_step are this module's API too
-    MAX_LEVELS, POLISH_STEPS, _key, _level_step, level_widths, loose_ceiling, searched_baseline, step_into_window)
+    BASELINE_STEPS, MAX_LEVELS, POLISH_STEPS, _key, _level_step, level_widths, loose_ceiling, searched_baseline, step_into_window)
 
 CALIBRATION_STEPS = 8
 # A measured plan this close to the window (as a ratio of its edge) is stepped in, not re-aimed.
@@ -94,6 +97,7 @@ class SPDY(AllocationPolicy):
         counts = [len(levels[g.name]) for g in groups]
         goal, ceiling = problem.window
         trace: list[dict] = []
+        model_plans: list[dict[str, int]] = []  # the plans the latency model has been fitted to
 
         def widths_for(level_choice) -> dict[str, int]:
             return {g.name: levels[g.name][k] for g, k in zip(groups, level_choice)}
@@ -107,6 +111,7 @@ class SPDY(AllocationPolicy):
             plan = problem.plan_from_widths(widths)
             measured = problem.meter.confirm(plan) if confirm else problem.meter.measure(plan)
             model.add_measurement(widths, measured.speedup)
+            model_plans.append(widths)
             trace.append({"phase": phase, "aim": aim, "measured_speedup": measured.speedup,
                           "predicted_speedup": t_base / predicted_ms, "predicted_ms": predicted_ms,
                           "measured_ms": t_base / measured.speedup})
@@ -138,11 +143,12 @@ class SPDY(AllocationPolicy):
                 speedup = measure(widths, aim, label + " (confirm)", confirm=True)
             return speedup
 
-        def step_toward_window(widths: dict[str, int], speedup: float, aim: float | None, coefficients, phase: str):
+        def step_toward_window(widths: dict[str, int], speedup: float, aim: float | None, coefficients, phase: str,
+                               steps: int = POLISH_STEPS):
             errors = quadratic_errors(coefficients, counts)
             return step_into_window(widths, speedup, levels, {g.name: errors[i] for i, g in enumerate(groups)},
                                     lambda w: t_base / model.predict_ms(w),
-                                    lambda w: measure_confirmed(w, aim, phase + " (step)"), goal, ceiling)
+                                    lambda w: measure_confirmed(w, aim, phase + " (step)"), goal, ceiling, steps)
 
         def calibrate(coefficients, phase: str):
             """Plan, measure, refit the latency model, re-plan, until the measured speedup lands in
@@ -154,15 +160,25 @@ class SPDY(AllocationPolicy):
             seen: set[tuple] = set()
             stepping_left = 2
 
-            def step(widths: dict[str, int], speedup: float, aim: float):
-                return step_toward_window(widths, speedup, aim, coefficients, phase)
+            def step(widths: dict[str, int], speedup: float, aim: float, steps: int = POLISH_STEPS):
+                return step_toward_window(widths, speedup, aim, coefficients, phase, steps)
 
             progress = progress_bar(CALIBRATION_STEPS, f"spdy {phase}", unit="candidate")
             landed = None
+            under = None  # (speedup, aim, widths): the fastest plan measured short of the window
             for _ in range(CALIBRATION_STEPS):
                 aim, widths = aim_for(coefficients, wanted)
                 key = _key(widths)
                 if key in seen:  # the model keeps proposing a measured plan: push the request instead
+                    if over is None and under is not None and stepping_left and key == _key(under[2]):
+                        # Every plan was short and the DP offers nothing faster (its aim saturates: the
+                        # table sees no time left to take out; mobilenet_digits 3x stopped at 2.86x while
+                        # a uniform plan measured 3.15x): narrow the fastest one a level at a time.
+                        stepping_left = 0
+                        stepped = step(under[2], under[0], under[1], BASELINE_STEPS)
+                        if stepped is not None:
+                            landed = (stepped[0], under[1], stepped[1])
+                            break
                     wanted *= 1.03 if over is None else 0.98
                     continue
                 seen.add(key)
@@ -174,6 +190,8 @@ class SPDY(AllocationPolicy):
                     break
                 if speedup > ceiling and (over is None or speedup < over[0]):
                     over = (speedup, aim, widths)
+                if speedup < goal and (under is None or speedup > under[0]):
+                    under = (speedup, aim, widths)
                 if stepping_left and goal / NEAR_MISS <= speedup <= ceiling * NEAR_MISS:
                     stepping_left -= 1
                     stepped = step(widths, speedup, aim)
@@ -191,18 +209,35 @@ class SPDY(AllocationPolicy):
                 return landed
             return over
 
-        c0 = np.full(len(groups), 0.5)
-        best = calibrate(c0, DP_PHASES[0])
-        if best is None:
-            top = max(t["measured_speedup"] for t in trace)
-            raise TargetUnreachable(f"target {problem.target:g}x is out of reach: the best plan measured {top:.2f}x",
-                                    best_speedup=top)
-        # Every candidate of the coefficient search is scored at the same *predicted* speed (the latency
-        # model, refitted to the measurements above, is within a few % of measured), not at one DP
-        # budget: the additive table's budget means a different real speed for every shape of
-        # coefficients, so plans scored at one budget are not comparable, and the plan deployed after
-        # re-aiming can be far from the one that scored best.
-        wanted = (goal + ceiling) / 2
+        # The baselines' plans are candidates too, found exactly as their own policies find them
+        # (window.searched_baseline: bisected against measured latency, widened into the window where
+        # the bisection stops above it): the operator table misjudges some shapes (it underrates
+        # lopsided convs, e.g. 8 -> 128 channels, so the DP favours them), and where the DP's shapes
+        # lose, a uniform or global-magnitude plan in the window is kept instead.
+        baselines: dict[str, dict] = {}
+        searched_baselines: list[bool] = []  # once per allocation: first only when the DP falls short
+
+        def search_baselines() -> None:
+            searched_baselines.append(True)
+            for label, family in (("uniform", uniform_family(problem)), ("global", global_family(problem))):
+                try:
+                    found = searched_baseline(problem, family, label, f"spdy vs {label}")
+                except TargetUnreachable:
+                    continue
+                found_widths = {name: len(kept) for name, kept in found.plan.items()}
+                source = found.details["accepted_as"]
+                baselines[label] = {"widths": found_widths, "measured_speedup": found.measured_speedup,
+                                    "searched_speedup": found.details["searched_speedup"], "accepted_as": source,
+                                    "loss": loss_of(found_widths)}
+                if goal <= found.measured_speedup <= loose_ceiling(problem):
+                    accepted.append((found.measured_speedup, None, found_widths))
+                    sources.setdefault(_key(found_widths), source)
+            modelled = {_key(p) for p in model_plans}
+            for m in problem.meter.history:  # what the baselines measured informs the DP's aims from here on
+                if _key(m.widths) not in modelled:
+                    modelled.add(_key(m.widths))
+                    model.add_measurement(m.widths, m.speedup)
+
         losses: dict[tuple, float] = {}
 
         def loss_of(widths: dict[str, int]) -> float:
@@ -210,6 +245,28 @@ class SPDY(AllocationPolicy):
             if key not in losses:
                 losses[key] = problem.calibration_loss(problem.plan_from_widths(widths))
             return losses[key]
+
+        c0 = np.full(len(groups), 0.5)
+        best = calibrate(c0, DP_PHASES[0])
+        if best is None:
+            # The DP's plans all fell short. That is the operator table's view, not the runtime's: search
+            # the baseline families before calling the target out of reach, and go on from what they find.
+            search_baselines()
+            reached = [(m.speedup, None, m.widths) for m in problem.meter.history if m.speedup >= goal]
+            if not reached:
+                top = max(m.speedup for m in problem.meter.history)
+                raise TargetUnreachable(f"target {problem.target:g}x is out of reach: the best plan measured "
+                                        f"{top:.2f}x", best_speedup=top)
+            problem.notes.append(f"spdy: no DP plan landed in the window [{goal:.2f}x, {ceiling:.2f}x] (the first "
+                                 f"measured {trace[0]['measured_speedup']:.2f}x); the uniform and global families "
+                                 f"were searched first and the coefficient search went on from their measurements")
+            best = min(accepted, key=lambda a: a[0]) if accepted else min(reached, key=lambda a: a[0])
+        # Every candidate of the coefficient search is scored at the same *predicted* speed (the latency
+        # model, refitted to the measurements above, is within a few % of measured), not at one DP
+        # budget: the additive table's budget means a different real speed for every shape of
+        # coefficients, so plans scored at one budget are not comparable, and the plan deployed after
+        # re-aiming can be far from the one that scored best.
+        wanted = (goal + ceiling) / 2
 
         def score(coefficients: np.ndarray) -> float:
             return loss_of(aim_for(coefficients, wanted)[1])
@@ -245,25 +302,8 @@ class SPDY(AllocationPolicy):
             plan_widths = aim_for(seed, wanted)[1]
             seed_plans[label] = {"widths": plan_widths, "loss": loss_of(plan_widths)}
         final = calibrate(search.coefficients, DP_PHASES[1])
-        # The baselines' plans are candidates too, found exactly as their own policies find them
-        # (window.searched_baseline: bisected against measured latency, widened into the window where
-        # the bisection stops above it): the operator table misjudges some shapes (it underrates
-        # lopsided convs, e.g. 8 -> 128 channels, so the DP favours them), and where the DP's shapes
-        # lose, a uniform or global-magnitude plan in the window is kept instead.
-        baselines = {}
-        for label, family in (("uniform", uniform_family(problem)), ("global", global_family(problem))):
-            try:
-                found = searched_baseline(problem, family, label, f"spdy vs {label}")
-            except TargetUnreachable:
-                continue
-            found_widths = {name: len(kept) for name, kept in found.plan.items()}
-            source = found.details["accepted_as"]
-            baselines[label] = {"widths": found_widths, "measured_speedup": found.measured_speedup,
-                                "searched_speedup": found.details["searched_speedup"], "accepted_as": source,
-                                "loss": loss_of(found_widths)}
-            if goal <= found.measured_speedup <= loose_ceiling(problem):
-                accepted.append((found.measured_speedup, None, found_widths))
-                sources.setdefault(_key(found_widths), source)
+        if not searched_baselines:
+            search_baselines()
         finalists: list[dict] = []
         chosen_by = None
         if accepted:
