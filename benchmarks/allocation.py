@@ -57,13 +57,19 @@ def test_images(data: str) -> int:
 
 
 def _run(model: str, target: float, policy: str, seed: int, epochs: int | None, data: str,
-         repeats: int = 1) -> tuple[dict, float, list[float]]:
+         repeats: int = 1, select_epochs: float | None = None,
+         min_keep: float | None = None) -> tuple[dict, float, list[float]]:
     """(report, seconds, test accuracy of the run's pruned model finetuned with `repeats` seeds: the run's
-    own finetune first, then REPEAT_SEED_STEP apart; empty when no finetune follows)."""
+    own finetune first, then REPEAT_SEED_STEP apart; empty when no finetune follows). `select_epochs`:
+    finetune.select_epochs (SPDY's finalist finetunes), `min_keep`: prune.spdy_min_keep, each the product
+    default when None."""
     finetune = {} if epochs is None else {"epochs": epochs}
+    if select_epochs is not None:
+        finetune["select_epochs"] = select_epochs
     with tempfile.TemporaryDirectory() as out:
         config = build_config(None, {"model": model, "data": data, "target_speedup": target, "out": out,
-                                     "seed": seed, "prune": {"policy": policy}, "finetune": finetune})
+                                     "seed": seed, "finetune": finetune,
+                                     "prune": {"policy": policy, **({} if min_keep is None else {"spdy_min_keep": min_keep})}})
         report, seconds = run_quietly(config)
         if not report["finetune"]["epochs"]:
             return report, seconds, []
@@ -104,19 +110,22 @@ NO_FINETUNE_FIELDS = ("measured_speedup_no_finetune", "trusted_no_finetune", "ac
 
 
 def run_one(model: str, target: float, policy: str, seed: int, epochs: int | None, data: str,
-            no_finetune: dict | None = None, finetune_repeats: int = 1) -> dict:
+            no_finetune: dict | None = None, finetune_repeats: int = 1, select_epochs: float | None = None,
+            min_keep: float | None = None) -> dict:
     """Two runs: without a finetune (the policy then chooses for the model as pruned) and with one (SPDY
     then ranks its finalists by a short finetune); each column is the accuracy its own run delivers, the
     finetuned one averaged over `finetune_repeats` finetunes of the plan that run chose (`finetune_again`).
-    `no_finetune`: an earlier record whose no-finetune run is taken instead of running it again."""
+    `no_finetune`: an earlier record whose no-finetune run is taken instead of running it again;
+    `select_epochs`: finetune.select_epochs of the finetuned run, `min_keep`: prune.spdy_min_keep of both
+    (None: the product default)."""
     if no_finetune is None:
-        bare, bare_seconds, _ = _run(model, target, policy, seed, 0, data)
+        bare, bare_seconds, _ = _run(model, target, policy, seed, 0, data, min_keep=min_keep)
         no_finetune = {"measured_speedup_no_finetune": bare["speedup"]["measured"],
                        "trusted_no_finetune": bare["speedup"]["trusted"],
                        "accuracy_no_finetune": bare["accuracy"]["compressed"],
                        "chosen_source_no_finetune": bare["search"].get("details", {}).get("chosen_source"),
                        "seconds_no_finetune": bare_seconds}
-    report, seconds, repeats = _run(model, target, policy, seed, epochs, data, finetune_repeats)
+    report, seconds, repeats = _run(model, target, policy, seed, epochs, data, finetune_repeats, select_epochs, min_keep)
     details = report["search"].get("details", {})
     return {"model": model, "data": data, "target": target, "policy": policy, "seed": seed,
             "measured_speedup": report["speedup"]["measured"], "trusted": report["speedup"]["trusted"],
@@ -124,7 +133,8 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
             "accuracy_dense": report["accuracy"]["dense"],
             "accuracy_before_finetune": report["finetune"]["accuracy_before"],
             "accuracy_finetuned": report["accuracy"]["compressed"], "finetune_epochs": report["finetune"]["epochs"],
-            "accuracy_finetuned_repeats": repeats,
+            "accuracy_finetuned_repeats": repeats, "select_epochs": report["config"]["finetune"]["select_epochs"],
+            "spdy_min_keep": report["config"]["prune"]["spdy_min_keep"],
             "chosen_by": details.get("chosen_by"), "chosen_source": details.get("chosen_source"),
             # a baseline's plan: as its bisection found it, widened into the window, or left above it
             "accepted_as": details.get("accepted_as"), "searched_speedup": details.get("searched_speedup"),
@@ -198,6 +208,12 @@ def main() -> None:
     parser.add_argument("--finetune-repeats", type=int, default=5, metavar="K",
                         help="finetune each finetuned run's plan K times (its own seed and K-1 more) and take the "
                              "mean accuracy (default: %(default)s)")
+    parser.add_argument("--select-epochs", type=float, default=None, metavar="E",
+                        help="finetune.select_epochs of the finetuned runs: how long SPDY finetunes each finalist "
+                             "(default: the product default)")
+    parser.add_argument("--spdy-min-keep", type=float, default=None, metavar="F",
+                        help="prune.spdy_min_keep: the narrowest fraction of a group SPDY may keep (default: the "
+                             "product default)")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--data", default=DEFAULT_DATA, help="a built-in dataset (default: %(default)s)")
     parser.add_argument("--from-json", metavar="PATH",
@@ -213,6 +229,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.finetune_repeats < 1:
         parser.error("--finetune-repeats must be at least 1")
+    if args.select_epochs is not None and args.select_epochs < 0:
+        parser.error("--select-epochs must be 0 or more")
+    if args.spdy_min_keep is not None and not 0 <= args.spdy_min_keep <= 1:
+        parser.error("--spdy-min-keep must be between 0 and 1")
     if args.reuse_no_finetune and not args.keep_from:
         parser.error("--reuse-no-finetune takes its records from --keep-from: give both")
     for path in (args.keep_from, args.from_json):
@@ -257,7 +277,8 @@ def main() -> None:
                         continue
                     try:
                         records.append(run_one(model, target, policy, seed, args.epochs, args.data,
-                                               earlier.get((model, target, policy, seed)), args.finetune_repeats))
+                                               earlier.get((model, target, policy, seed)), args.finetune_repeats,
+                                               args.select_epochs, args.spdy_min_keep))
                     except TargetUnreachable as exc:  # one cell out of reach must not end an hour-long run
                         failures.append({"model": model, "target": target, "policy": policy, "seed": seed,
                                          "error": str(exc)})
@@ -288,7 +309,9 @@ def report(records: list[dict], models: list[str], targets: list[float], policie
              f"{_repeat_counts(records)} time(s) with different seeds, averaged (the finetune's seed alone moves a "
              "plan's accuracy by as much as the policies differ). "
              "'no finetune' and 'finetuned' are separate runs (finetune.epochs 0, and the default); "
-             "'spdy chose' is where SPDY's plan came from in each (DP phase, or a baseline family).",
+             "'spdy chose' is where SPDY's plan came from in each (DP phase, or a baseline family). "
+             f"SPDY's finalists finetuned {_select_epochs(records)} epoch(s) each before its choice (finetune.select_epochs); "
+             f"SPDY kept at least {_min_keep(records)} of every group (prune.spdy_min_keep).",
              f"spdy at least as accurate as the best other policy (mean over seeds): {wins}/{len(verdicts)} "
              "(model, target, column) cells.",
              *[f"- NOT: {v['model']} {v['target']:g}x {_column_label(v)}: spdy {v['spdy']:.2f} < {v['best_other']:.2f} "
@@ -317,6 +340,21 @@ def report(records: list[dict], models: list[str], targets: list[float], policie
                   ["model", "target", "policy", "speedup, no finetune", "speedup, finetuned", "dense acc",
                    "acc, no finetune", "acc, finetuned", "no finetune per seed", "finetuned per seed",
                    "spdy chose (no finetune, finetuned) per seed", "prune s (finetuned run)"], rows, notes)
+
+
+# Records from before the benchmark kept finetune.select_epochs ran with the default of the time.
+SELECT_EPOCHS_BEFORE_RECORDED = 2.0
+
+
+def _select_epochs(records: list[dict]) -> str:
+    values = sorted({r.get("select_epochs", SELECT_EPOCHS_BEFORE_RECORDED) for r in records if r["policy"] == "spdy"})
+    return "/".join(f"{v:g}" for v in values)
+
+
+def _min_keep(records: list[dict]) -> str:
+    """Records from before prune.spdy_min_keep existed had no floor (0)."""
+    values = sorted({r.get("spdy_min_keep", 0.0) for r in records if r["policy"] == "spdy"})
+    return "/".join(f"{v:g}" for v in values)
 
 
 def _repeat_counts(records: list[dict]) -> str:

@@ -185,6 +185,7 @@ class AllocationProblem:
     calibration_loss: Callable[[Plan], float]
     seed: int
     spdy_evaluations: int = 100  # calibration-loss evaluations in SPDY's coefficient search
+    spdy_min_keep: float = 0.0  # the narrowest width SPDY's levels offer, as a fraction of each group's
     # The search aims a little above the target so that the final, longer measurement still meets it.
     margin: float = 0.03
     # Both ends of the window raised by this fraction: a re-solve after the profile stage measured the

@@ -1,7 +1,10 @@
 """SPDY-style allocation (Frantar & Alistarh, ICML 2022) on channel groups, against latencies measured on
 the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts it to channels:
 
-1. Levels: each group's candidate widths, multiples of the width ORT rewards (8), dense first.
+1. Levels: each group's candidate widths, multiples of the width ORT rewards (8, or 16 with AVX-512),
+   dense first, none below `spdy_min_keep` of the group (prune.spdy_min_keep): the DP's error model is
+   the loss right after pruning, which does not see that a group cut to an eighth leaves the finetune
+   too little to recover with.
 2. Timing table: t[g][k] from the operator latency table (latency/table.py). An operator whose input
    and output widths come from two groups is split half to each, so the dense times add up exactly.
 3. DP (spdy_dp.solve_dp) under the budget B = T_base / X - (T_base - T_prunable).
@@ -89,7 +92,8 @@ def choose_plan(accepted: list[tuple], sources: dict[tuple, str], calibration_lo
 class SPDY(AllocationPolicy):
     def allocate(self, problem: AllocationProblem) -> AllocationResult:
         groups = problem.graph.groups
-        levels = {g.name: level_widths(g.channels, g.unit_multiple(problem.channel_multiple)) for g in groups}
+        levels = {g.name: [w for w in level_widths(g.channels, g.unit_multiple(problem.channel_multiple))
+                           if w >= problem.spdy_min_keep * g.channels - 1e-9] for g in groups}
         model: LatencyModel = build_latency_model(problem)
         times = [model.unit_times(g.name, levels[g.name]) for g in groups]
         t_base = problem.meter.dense_ms

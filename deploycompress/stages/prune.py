@@ -173,7 +173,7 @@ class PruneStage(Stage):
             print(f"prune: {note}")
         problem = AllocationProblem(graph, scores, cfg.target_speedup, cfg.prune.max_overshoot,
                                     multiple, meter, calibration_loss_fn(ctx, graph), cfg.seed,
-                                    spdy_evaluations=cfg.prune.spdy_evaluations,
+                                    spdy_evaluations=cfg.prune.spdy_evaluations, spdy_min_keep=cfg.prune.spdy_min_keep,
                                     finetune_round=finetune_round_fn(ctx, graph, rescore),
                                     finetuned_loss=finetuned_loss_fn(ctx, graph), aim_shift=ctx.aim_shift)
         if ctx.resolves:
