@@ -101,7 +101,7 @@ class SPDY(AllocationPolicy):
         counts = [len(levels[g.name]) for g in groups]
         goal, ceiling = problem.window
         trace: list[dict] = []
-        model_plans: list[dict[str, int]] = []  # the plans the latency model has been fitted to
+        modelled: set[tuple] = set()  # the plans the latency model has been fitted to
 
         def widths_for(level_choice) -> dict[str, int]:
             return {g.name: levels[g.name][k] for g, k in zip(groups, level_choice)}
@@ -115,7 +115,7 @@ class SPDY(AllocationPolicy):
             plan = problem.plan_from_widths(widths)
             measured = problem.meter.confirm(plan) if confirm else problem.meter.measure(plan)
             model.add_measurement(widths, measured.speedup)
-            model_plans.append(widths)
+            modelled.add(_key(widths))
             trace.append({"phase": phase, "aim": aim, "measured_speedup": measured.speedup,
                           "predicted_speedup": t_base / predicted_ms, "predicted_ms": predicted_ms,
                           "measured_ms": t_base / measured.speedup})
@@ -219,10 +219,13 @@ class SPDY(AllocationPolicy):
         # lopsided convs, e.g. 8 -> 128 channels, so the DP favours them), and where the DP's shapes
         # lose, a uniform or global-magnitude plan in the window is kept instead.
         baselines: dict[str, dict] = {}
-        searched_baselines: list[bool] = []  # once per allocation: first only when the DP falls short
+        searched_baselines = False  # once per allocation: first only when the DP falls short
 
         def search_baselines() -> None:
-            searched_baselines.append(True)
+            nonlocal searched_baselines
+            if searched_baselines:
+                return
+            searched_baselines = True
             for label, family in (("uniform", uniform_family(problem)), ("global", global_family(problem))):
                 try:
                     found = searched_baseline(problem, family, label, f"spdy vs {label}")
@@ -236,7 +239,6 @@ class SPDY(AllocationPolicy):
                 if goal <= found.measured_speedup <= loose_ceiling(problem):
                     accepted.append((found.measured_speedup, None, found_widths))
                     sources.setdefault(_key(found_widths), source)
-            modelled = {_key(p) for p in model_plans}
             for m in problem.meter.history:  # what the baselines measured informs the DP's aims from here on
                 if _key(m.widths) not in modelled:
                     modelled.add(_key(m.widths))
@@ -306,8 +308,7 @@ class SPDY(AllocationPolicy):
             plan_widths = aim_for(seed, wanted)[1]
             seed_plans[label] = {"widths": plan_widths, "loss": loss_of(plan_widths)}
         final = calibrate(search.coefficients, DP_PHASES[1])
-        if not searched_baselines:
-            search_baselines()
+        search_baselines()
         finalists: list[dict] = []
         chosen_by = None
         if accepted:
