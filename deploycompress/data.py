@@ -6,6 +6,11 @@ the installed package, so nothing is downloaded), upsampled to 16x16 so that con
 `digits` as they are, and `digits_distorted`, the same images rotated, scaled, shifted and noised.
 The zoo models reach 99.7% on `digits`, so after a finetune every pruning policy lands within a test
 image or two of the dense model; on `digits_distorted` they reach 87-95%, and policies can differ.
+
+Both built-in sets also hold a validation split: digits taken out of the training split, which neither
+the zoo's dense models nor any finetune train on. SPDY ranks its finalists on it (stages/prune.py
+`finalist_samples`): ranked on training samples, the plans that keep most of the dense model's
+function look best whether or not they finetune best. A user's data may bring one (`x_val, y_val`).
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ from .errors import UserError
 
 @dataclass
 class DataBundle:
-    """Train/test tensors. `y_*` are None when there are no labels (data-free or unlabelled)."""
+    """Train/test tensors and an optional validation split (`x_val`, None when the data has none).
+    `y_*` are None when there are no labels (data-free or unlabelled)."""
 
     name: str
     x_train: torch.Tensor
@@ -31,10 +37,16 @@ class DataBundle:
     x_test: torch.Tensor
     y_test: torch.Tensor | None
     num_classes: int | None
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     @property
     def has_labels(self) -> bool:
         return self.y_train is not None and self.y_test is not None
+
+    @property
+    def has_validation(self) -> bool:
+        return self.x_val is not None and len(self.x_val) > 0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -72,11 +84,24 @@ def _digit_images(size: int) -> tuple[torch.Tensor, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
+# The built-in sets' validation split: this fraction of the training digits (the last of the split's
+# order, so the calibration samples, the first training inputs, are the same digits with or without it).
+VALIDATION_FRACTION = 0.15
+
+
+def _split_validation(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices: the last VALIDATION_FRACTION of a split's training indices."""
+    n_val = max(1, int(round(len(train) * VALIDATION_FRACTION)))
+    return train[:-n_val], train[-n_val:]
+
+
 def load_digits(size: int = 16, seed: int = 0) -> DataBundle:
     images, labels = _digit_images(size)
-    x_tr, y_tr, x_te, y_te = _split(((images - 0.5) / 0.5).numpy(), labels, 0.2, seed)
-    return DataBundle("digits", torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te),
-                      torch.from_numpy(y_te), 10)
+    images = (images - 0.5) / 0.5
+    train, test = _split_indices(len(images), 0.2, seed)
+    train, val = _split_validation(train)
+    y = torch.from_numpy(labels)
+    return DataBundle("digits", images[train], y[train], images[test], y[test], 10, images[val], y[val])
 
 
 # Distortions of digits_distorted: each image is rotated, scaled and shifted at random, then gets
@@ -87,6 +112,7 @@ DISTORT_SCALE = (0.8, 1.15)
 DISTORT_SHIFT = 0.2  # of the half-width: 1.6 pixels at 16x16
 DISTORT_NOISE = 0.2  # pixel-noise stdev, images in [0, 1]
 DISTORTED_TEST_COPIES = 3  # each held-out digit is tested in 3 distortions: 1,077 test images
+DISTORTED_VALIDATION_COPIES = 2  # and each validation digit validated in 2: 432 validation images
 DISTORT_SEED = 1  # the set is fixed: the same on every machine and for every run seed
 
 
@@ -107,16 +133,23 @@ def distort(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def load_digits_distorted(size: int = 16, seed: int = 0) -> DataBundle:
-    """The digits split as `digits` is (the same held-out originals), each training digit distorted once
-    and each held-out digit DISTORTED_TEST_COPIES times, so no test image is a copy of a training one."""
+    """The digits split as `digits` is (the same held-out and validation originals), each training digit
+    distorted once, each validation digit DISTORTED_VALIDATION_COPIES times and each held-out digit
+    DISTORTED_TEST_COPIES times, so no validation or test image is a copy of a training one."""
     images, labels = _digit_images(size)
     train, test = _split_indices(len(images), 0.2, seed)
     rng = np.random.default_rng(DISTORT_SEED)
+    # Drawn in this order (every training-split digit once, then the test copies) so the training and
+    # test images are the ones the set had before it gained a validation split.
     x_train = distort(images[train], rng)
     x_test = torch.cat([distort(images[test], rng) for _ in range(DISTORTED_TEST_COPIES)])
-    y_train = torch.from_numpy(labels[train])
+    kept, val = _split_validation(np.arange(len(train)))
+    x_val = torch.cat([distort(images[train[val]], rng) for _ in range(DISTORTED_VALIDATION_COPIES)])
+    y_train = torch.from_numpy(labels[train[kept]])
     y_test = torch.from_numpy(np.tile(labels[test], DISTORTED_TEST_COPIES))
-    return DataBundle("digits_distorted", (x_train - 0.5) / 0.5, y_train, (x_test - 0.5) / 0.5, y_test, 10)
+    y_val = torch.from_numpy(np.tile(labels[train[val]], DISTORTED_VALIDATION_COPIES))
+    return DataBundle("digits_distorted", (x_train[kept] - 0.5) / 0.5, y_train, (x_test - 0.5) / 0.5, y_test, 10,
+                      (x_val - 0.5) / 0.5, y_val)
 
 
 def random_data(input_shape: tuple[int, ...], count: int = 256, seed: int = 0) -> DataBundle:
@@ -150,24 +183,35 @@ def _check_split(source: str, name: str, x: np.ndarray, y: np.ndarray | None) ->
 
 
 def _bundle(name: str, source: str, x_tr: np.ndarray, y_tr: np.ndarray | None, x_te: np.ndarray,
-            y_te: np.ndarray | None) -> DataBundle:
-    """Validated tensors: float32 inputs, int64 labels; train and test samples must have one shape."""
+            y_te: np.ndarray | None, x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> DataBundle:
+    """Validated tensors: float32 inputs, int64 labels; every split's samples must have one shape, and
+    a validation split (optional) has labels exactly when the others do."""
     if (y_tr is None) != (y_te is None):
         raise UserError(f"{source}: either both splits have labels or neither does")
     _check_split(source, "train", x_tr, y_tr)
     _check_split(source, "test", x_te, y_te)
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise UserError(f"{source}: train samples have shape {x_tr.shape[1:]} but test samples {x_te.shape[1:]}")
+    if x_val is not None:
+        if (y_val is None) != (y_tr is None):
+            raise UserError(f"{source}: the validation split must have labels exactly when train and test do")
+        _check_split(source, "val", x_val, y_val)
+        if x_val.shape[1:] != x_tr.shape[1:]:
+            raise UserError(f"{source}: train samples have shape {x_tr.shape[1:]} but validation samples "
+                            f"{x_val.shape[1:]}")
+
     def labels(y: np.ndarray | None) -> torch.Tensor | None:
         return None if y is None else torch.tensor(y, dtype=torch.long)
 
-    num_classes = None if y_tr is None else int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+    num_classes = None if y_tr is None else int(max(y.max(initial=0) for y in (y_tr, y_te, y_val) if y is not None)) + 1
     return DataBundle(name, torch.tensor(x_tr, dtype=torch.float32), labels(y_tr),
-                      torch.tensor(x_te, dtype=torch.float32), labels(y_te), num_classes)
+                      torch.tensor(x_te, dtype=torch.float32), labels(y_te), num_classes,
+                      None if x_val is None else torch.tensor(x_val, dtype=torch.float32), labels(y_val))
 
 
 def load_npz(path: str | Path, seed: int = 0) -> DataBundle:
-    """x_train/y_train/x_test/y_test, or x/y split deterministically (80/20)."""
+    """x_train/y_train/x_test/y_test, or x/y split deterministically (80/20); either form may add a
+    validation split x_val (and y_val when labelled)."""
     path = Path(path)
     try:
         arrays = dict(np.load(path, allow_pickle=False))
@@ -185,8 +229,10 @@ def load_npz(path: str | Path, seed: int = 0) -> DataBundle:
         parts = list(_split(arrays["x"], arrays["y"], 0.2, seed))
     else:
         raise UserError(f"{path}: needs arrays x_train, y_train, x_test, y_test (or x and y); found {sorted(arrays)}")
+    if "y_val" in arrays and "x_val" not in arrays:
+        raise UserError(f"{path}: has y_val but no x_val")
     x_tr, y_tr, x_te, y_te = parts
-    return _bundle(path.stem, str(path), x_tr, y_tr, x_te, y_te)
+    return _bundle(path.stem, str(path), x_tr, y_tr, x_te, y_te, arrays.get("x_val"), arrays.get("y_val"))
 
 
 def _dataset_arrays(dataset, source: str, split: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -219,11 +265,16 @@ def _dataset_arrays(dataset, source: str, split: str) -> tuple[np.ndarray, np.nd
 
 
 def load_factory_data(spec: str, seed: int = 0) -> DataBundle:
-    """`file.py:factory` or `package.module:factory` returning (train, test) datasets, or one
-    dataset that is split deterministically (80/20). Samples are copied into memory as tensors."""
+    """`file.py:factory` or `package.module:factory` returning (train, test) or (train, val, test)
+    datasets, or one dataset that is split deterministically (80/20). Samples are copied into memory
+    as tensors."""
     from .models.loading import call_factory, import_factory
 
     result = call_factory(spec, import_factory(spec, "--data"), "--data", seed=seed)
+    x_val = y_val = None
+    if isinstance(result, (tuple, list)) and len(result) == 3:
+        x_val, y_val = _dataset_arrays(result[1], spec, "val")
+        result = (result[0], result[2])
     if isinstance(result, (tuple, list)) and len(result) == 2:
         (x_tr, y_tr), (x_te, y_te) = (_dataset_arrays(result[0], spec, "train"),
                                       _dataset_arrays(result[1], spec, "test"))
@@ -238,6 +289,7 @@ def load_factory_data(spec: str, seed: int = 0) -> DataBundle:
         else:
             x_tr, y_tr, x_te, y_te = _split(x, y, 0.2, seed)
     else:
-        raise UserError(f"--data: factory {spec} returned {type(result).__name__}; expected (train, test) datasets")
+        raise UserError(f"--data: factory {spec} returned {type(result).__name__}; expected (train, test) "
+                        "or (train, val, test) datasets")
     name = spec.rpartition(":")[2]
-    return _bundle(name, spec, x_tr, y_tr, x_te, y_te)
+    return _bundle(name, spec, x_tr, y_tr, x_te, y_te, x_val, y_val)

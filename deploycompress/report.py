@@ -148,7 +148,8 @@ def _choice_lines(report: dict) -> list[str]:
              "uniform/global: the baseline families searched as candidates)."]
     finalists = details.get("finalists") or []
     if finalists:
-        lines += ["", "Finalists, each finetuned briefly from the same weights; the gain is over the first row (the "
+        lines += ["", "Finalists, each finetuned briefly from the same weights and compared on "
+                  f"{details.get('finalists_ranked_on', 'held-out samples')}; the gain is over the first row (the "
                   "lowest calibration loss), paired per held-out sample, with its standard error.", "",
                   "| finalist from | measured speedup | calibration loss | loss after short finetune | gain (SE) | chosen |",
                   "|---|---:|---:|---:|---:|---|"]

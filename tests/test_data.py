@@ -58,6 +58,29 @@ def test_npz_problems_are_named(tmp_path, arrays, message):
         load_npz(write_npz(tmp_path / "d.npz", **arrays))
 
 
+def test_npz_may_add_a_validation_split(tmp_path):
+    x, y = xy(60)
+    bundle = load_npz(write_npz(tmp_path / "v.npz", x_train=x[:40], y_train=y[:40], x_test=x[40:50],
+                                y_test=y[40:50], x_val=x[50:], y_val=y[50:]))
+    assert bundle.has_validation and bundle.x_val.shape == (10, 4) and bundle.y_val.dtype == torch.long
+    split = load_npz(write_npz(tmp_path / "xy.npz", x=x[:50], y=y[:50], x_val=x[50:], y_val=y[50:]))
+    assert len(split.x_train) == 40 and len(split.x_val) == 10
+    assert not load_npz(write_npz(tmp_path / "none.npz", x=x, y=y)).has_validation
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"y_val": np.zeros(3, dtype=int)}, "has y_val but no x_val"),
+    ({"x_val": np.zeros((3, 4), np.float32)}, "validation split must have labels exactly when"),
+    ({"x_val": np.zeros((3, 5), np.float32), "y_val": np.zeros(3, dtype=int)}, "but validation samples"),
+    ({"x_val": np.zeros((3, 4), np.float32), "y_val": np.zeros(2, dtype=int)}, "x_val has 3 rows but y_val has 2"),
+    ({"x_val": np.full((3, 4), np.nan, np.float32), "y_val": np.zeros(3, dtype=int)}, "x_val holds NaN"),
+])
+def test_npz_validation_problems_are_named(tmp_path, extra, message):
+    x, y = xy()
+    with pytest.raises(UserError, match=message):
+        load_npz(write_npz(tmp_path / "bad.npz", x=x, y=y, **extra))
+
+
 def test_unreadable_npz(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"nope")
     with pytest.raises(UserError, match="not a readable npz"):
@@ -100,6 +123,10 @@ def one_dataset():
     return Pairs(0, 30)
 
 
+def with_validation():
+    return Pairs(0, 20), Pairs(20, 24), Pairs(24, 30)
+
+
 def unlabelled():
     return TensorDataset(X[:24]), TensorDataset(X[24:])
 
@@ -138,6 +165,13 @@ def test_factory_datasets_match_between_forms(factories):
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
 
 
+def test_factory_may_return_a_validation_split(factories):
+    bundle = load_factory_data(f"{factories}:with_validation")
+    assert bundle.x_train.shape == (20, 2, 5) and bundle.x_val.shape == (4, 2, 5) and bundle.has_validation
+    assert torch.equal(bundle.y_val, load_factory_data(f"{factories}:tensor_datasets").y_train[20:24])
+    assert not load_factory_data(f"{factories}:tensor_datasets").has_validation
+
+
 def test_factory_single_dataset_is_split(factories):
     bundle = load_factory_data(f"{factories}:one_dataset", seed=0)
     assert len(bundle.x_train) == 24 and len(bundle.x_test) == 6
@@ -150,7 +184,7 @@ def test_factory_without_labels(factories):
 
 @pytest.mark.parametrize("name,message", [
     ("ragged", "samples differ in shape"),
-    ("not_datasets", "returned int; expected \\(train, test\\) datasets"),
+    ("not_datasets", "returned int; expected \\(train, test\\) or \\(train, val, test\\) datasets"),
     ("float_labels", "integer class labels"),
     ("missing", "no callable named 'missing'"),
 ])
@@ -225,6 +259,25 @@ def test_digits_distorted_is_fixed_and_tests_only_held_out_digits():
     n = len(plain.x_test)
     assert not torch.equal(first.x_test[:n], first.x_test[n:2 * n])
     assert first.input_shape == plain.input_shape == (1, 1, 16, 16)
+
+
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {row.numpy().tobytes() for row in x.flatten(1)}
+
+
+def test_builtin_sets_hold_out_validation_digits_that_nothing_trains_on():
+    from deploycompress.data import DISTORTED_VALIDATION_COPIES, VALIDATION_FRACTION, load_digits, load_digits_distorted
+
+    plain, distorted = load_digits(), load_digits_distorted()
+    n_val = len(plain.x_val)
+    assert n_val == round((len(plain.x_train) + n_val) * VALIDATION_FRACTION)
+    # distinct digit images: none of the validation digits is a training or a test digit
+    assert not _rows(plain.x_val) & _rows(plain.x_train) and not _rows(plain.x_val) & _rows(plain.x_test)
+    assert len(set(plain.y_val.tolist())) == 10  # every class is validated
+    # digits_distorted validates the same originals, each in distinct distortions
+    assert torch.equal(distorted.y_val, plain.y_val.repeat(DISTORTED_VALIDATION_COPIES))
+    assert not torch.equal(distorted.x_val[:n_val], distorted.x_val[n_val:2 * n_val])
+    assert not _rows(distorted.x_val) & _rows(distorted.x_train)
 
 
 def test_digits_distorted_is_harder_than_digits():

@@ -11,7 +11,7 @@ from deploycompress.context import build_context
 from deploycompress.graph import GroupGraph
 from deploycompress.importance import keep_top
 from deploycompress.recipe import build_config
-from deploycompress.stages.prune import calibration_loss_fn, finetuned_loss_fn
+from deploycompress.stages.prune import calibration_loss_fn, finalist_samples, finetuned_loss_fn
 
 
 def _plans(count: int) -> list[tuple[float, float | None, dict[str, int]]]:
@@ -104,16 +104,18 @@ def make(num_classes=10):
 '''
 
 
-def _context(tmp_path, monkeypatch, **finetune):
+def _context(tmp_path, monkeypatch, validation: int = 0, **finetune):
+    """A small labelled run; `validation`: that many extra samples as the data's validation split."""
     (tmp_path / "net.py").write_text(NET_PY)
     namespace: dict = {}
     exec(NET_PY, namespace)  # noqa: S102 - our own test model
     torch.manual_seed(0)
     torch.save(namespace["make"](2).state_dict(), tmp_path / "weights.pt")
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((192, 3, 8, 8)).astype(np.float32)
+    x = rng.standard_normal((192 + validation, 3, 8, 8)).astype(np.float32)
     y = (x[:, 0].mean(axis=(1, 2)) > 0).astype(np.int64)  # learnable from the input, so held-out loss can drop
-    np.savez(tmp_path / "data.npz", x=x, y=y)
+    extra = {"x_val": x[192:], "y_val": y[192:]} if validation else {}
+    np.savez(tmp_path / "data.npz", x=x[:192], y=y[:192], **extra)
     monkeypatch.setenv("DEPLOYCOMPRESS_CACHE", str(tmp_path / "cache"))
     config = build_config(None, {"model": f"{tmp_path}/net.py:make", "weights": str(tmp_path / "weights.pt"),
                                  "data": str(tmp_path / "data.npz"), "target_speedup": 1.5, "seed": 0,
@@ -138,6 +140,24 @@ def test_finetuned_loss_trains_a_copy_of_the_masked_model_and_restores_the_weigh
     assert first.shape == (48,)  # one loss per calibration sample
     assert first.mean() < untrained  # it trained, and on samples the short finetune never saw the loss went down
     assert np.allclose(finetuned_loss(plan), first, rtol=1e-5)  # same weights, same seed: same figures
+
+
+def test_finalists_are_ranked_on_the_validation_split_and_finetuned_on_all_the_training_data(tmp_path, monkeypatch):
+    ctx = _context(tmp_path, monkeypatch, validation=40, epochs=3, select_epochs=1)
+    x, labels, train_on, described = finalist_samples(ctx)
+    assert torch.equal(x, ctx.data.x_val) and torch.equal(labels, ctx.data.y_val)
+    assert train_on is ctx.data and "validation split (40 samples" in described
+    graph = GroupGraph(ctx.model, ctx.example_input)
+    plan = {g.name: keep_top(torch.rand(g.channels), g.channels // 2) for g in graph.groups}
+    assert finetuned_loss_fn(ctx, graph)(plan).shape == (40,)
+
+
+def test_without_a_validation_split_finalists_are_ranked_on_calibration_samples_left_out_of_their_finetune(
+        tmp_path, monkeypatch):
+    ctx = _context(tmp_path, monkeypatch, epochs=3)
+    x, labels, train_on, described = finalist_samples(ctx)
+    assert torch.equal(x, ctx.calibration) and torch.equal(labels, ctx.data.y_train[:48])
+    assert torch.equal(train_on.x_train, ctx.data.x_train[48:]) and "may have trained on them" in described
 
 
 @pytest.mark.parametrize("finetune", [{"epochs": 0}, {"epochs": 3, "select_epochs": 0}])
