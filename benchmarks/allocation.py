@@ -6,7 +6,7 @@ bisection stops above that is widened into it one level of one group at a time, 
 are, so no policy is compared at a higher speed than another), twice: once with no finetune
 (`finetune.epochs 0`: the accuracy right after pruning, BatchNorm re-estimated) and once with the same
 finetune for every policy (the product default unless --epochs is given). The runs are separate because
-SPDY chooses differently when a finetune follows (it ranks its finalists by a short finetune). Accuracy
+SPDY chooses differently when a finetune follows (it ranks its finalists by finetuning them). Accuracy
 is top-1 on the held-out digits split (360 images: one image is 0.28 points). One run per seed: the seed
 picks the dense model's training run, the calibration order and the finetune's data order, and every
 policy of a seed starts from the same dense model. The finetuned column is the mean of K finetunes of
@@ -113,7 +113,7 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
             no_finetune: dict | None = None, finetune_repeats: int = 1, select_epochs: float | None = None,
             min_keep: float | None = None) -> dict:
     """Two runs: without a finetune (the policy then chooses for the model as pruned) and with one (SPDY
-    then ranks its finalists by a short finetune); each column is the accuracy its own run delivers, the
+    then ranks its finalists by finetuning them); each column is the accuracy its own run delivers, the
     finetuned one averaged over `finetune_repeats` finetunes of the plan that run chose (`finetune_again`).
     `no_finetune`: an earlier record whose no-finetune run is taken instead of running it again;
     `select_epochs`: finetune.select_epochs of the finetuned run, `min_keep`: prune.spdy_min_keep of both
@@ -133,7 +133,7 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
             "accuracy_dense": report["accuracy"]["dense"],
             "accuracy_before_finetune": report["finetune"]["accuracy_before"],
             "accuracy_finetuned": report["accuracy"]["compressed"], "finetune_epochs": report["finetune"]["epochs"],
-            "accuracy_finetuned_repeats": repeats, "select_epochs": report["config"]["finetune"]["select_epochs"],
+            "accuracy_finetuned_repeats": repeats, "select_epochs": _resolved_select_epochs(report),
             "spdy_min_keep": report["config"]["prune"]["spdy_min_keep"],
             "chosen_by": details.get("chosen_by"), "chosen_source": details.get("chosen_source"),
             # a baseline's plan: as its bisection found it, widened into the window, or left above it
@@ -340,6 +340,12 @@ def report(records: list[dict], models: list[str], targets: list[float], policie
                   ["model", "target", "policy", "speedup, no finetune", "speedup, finetuned", "dense acc",
                    "acc, no finetune", "acc, finetuned", "no finetune per seed", "finetuned per seed",
                    "spdy chose (no finetune, finetuned) per seed", "prune s (finetuned run)"], rows, notes)
+
+
+def _resolved_select_epochs(report: dict) -> float:
+    """finetune.select_epochs as the run used it: unset means as long as the finetune."""
+    configured = report["config"]["finetune"]["select_epochs"]
+    return report["finetune"]["epochs"] if configured is None else configured
 
 
 # Records from before the benchmark kept finetune.select_epochs ran with the default of the time.

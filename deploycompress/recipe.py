@@ -98,15 +98,15 @@ class FinetuneConfig:
     regularizer: str | None = None  # a penalty while finetuning (`--regularizer`): synaptic_strength, dsm
     regularize_epochs: float = 1.0  # regularised finetune of the dense model before scoring (below 1: a fraction)
     round_epochs: float = 0.5  # finetune between rounds of an iterative policy (SAP)
-    # SPDY's finalist plans are each finetuned this long (on the training data minus the calibration
-    # samples) when a finetune follows, and the one lowest on held-out loss is chosen; 0 chooses by
-    # calibration loss alone.
-    select_epochs: float = 2.0
+    # SPDY's finalist plans are each finetuned this long when a finetune follows (None: as long as the
+    # finetune stage will, so the ranking is of what the user gets), and the one with the fewest
+    # held-out errors is chosen; 0 chooses by calibration loss alone.
+    select_epochs: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 0:
             raise UserError("finetune epochs must be 0 or more")
-        if self.regularize_epochs < 0 or self.round_epochs < 0 or self.select_epochs < 0:
+        if self.regularize_epochs < 0 or self.round_epochs < 0 or (self.select_epochs or 0) < 0:
             raise UserError("finetune.regularize_epochs, finetune.round_epochs and finetune.select_epochs "
                             "must be 0 or more")
         if self.lr <= 0:

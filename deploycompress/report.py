@@ -148,10 +148,10 @@ def _choice_lines(report: dict) -> list[str]:
              "uniform/global: the baseline families searched as candidates)."]
     finalists = details.get("finalists") or []
     if finalists:
-        lines += ["", "Finalists, each finetuned briefly from the same weights and compared on "
-                  f"{details.get('finalists_ranked_on', 'held-out samples')}; the gain is over the first row (the "
-                  "lowest calibration loss), paired per held-out sample, with its standard error.", "",
-                  "| finalist from | measured speedup | calibration loss | loss after short finetune | gain (SE) | chosen |",
+        lines += ["", "Finalists, each finetuned from the same weights and scored by "
+                  f"{details.get('finalists_ranked_on', 'their loss on held-out samples')}; the gain is over the first "
+                  "row (the lowest calibration loss), paired per held-out sample, with its standard error.", "",
+                  "| finalist from | measured speedup | calibration loss | held-out score after finetune | gain (SE) | chosen |",
                   "|---|---:|---:|---:|---:|---|"]
         lines += [f"| {f['source']} | {f['measured_speedup']:.2f}x | {f['calibration_loss']:.4f} | "
                   f"{f['finetuned_loss']:.4f} | {f['gain_over_first']:+.4f} ({f['gain_standard_error']:.4f}) | "

@@ -269,7 +269,6 @@ class BlindLatencyModel:
 
 def test_spdy_searches_the_baselines_before_calling_a_target_out_of_reach(monkeypatch):
     from deploycompress.allocation import spdy
-    from deploycompress.allocation.window import loose_ceiling
 
     problem = _problem(3.0)
     problem.spdy_evaluations = 6
@@ -280,7 +279,8 @@ def test_spdy_searches_the_baselines_before_calling_a_target_out_of_reach(monkey
     assert problem.meter.measure(problem.plan_from_widths(narrowest)).speedup < 2.6
     result = policies.get("spdy")().allocate(problem)
     goal, _ = problem.window
-    assert goal <= result.measured_speedup <= loose_ceiling(problem), result.details["trace"]
+    # a baseline plan may be chosen anywhere its own policy would ship it: up to the allowance
+    assert goal <= result.measured_speedup <= problem.target * (1 + problem.max_overshoot), result.details["trace"]
     assert result.measured_speedup == pytest.approx(problem.meter.measure(result.plan).speedup)
     assert result.details["baselines"], "the uniform and global families were searched"
     assert any(note.startswith("spdy: no DP plan landed in the window") for note in problem.notes), problem.notes
@@ -318,3 +318,29 @@ def test_spdy_keeps_the_floor_of_every_group(monkeypatch, min_keep):
         assert all(widths[name] >= min_keep * channels[name] for name in widths), widths
     else:
         assert widths["features.6.0"] < 0.25 * channels["features.6.0"], widths
+
+
+def test_spdy_takes_a_baseline_plan_its_own_policy_would_ship_above_the_window(monkeypatch):
+    """A baseline family's steps are coarse: its policy ships a plan above the window (within the
+    allowance) when widening cannot land it inside. SPDY must weigh that same plan, or a baseline could
+    ship a plan SPDY never considered."""
+    from deploycompress.allocation import spdy
+    from deploycompress.allocation.base import AllocationResult
+    from deploycompress.allocation.window import loose_ceiling
+
+    problem = _problem(3.0)
+    problem.spdy_evaluations = 6
+    baseline = {g.name: 16 for g in problem.graph.groups}
+    above = (loose_ceiling(problem) + problem.target * (1 + problem.max_overshoot)) / 2
+    assert problem.window[1] < above
+
+    def searched(problem, family, label, description=None):
+        return AllocationResult(problem.plan_from_widths(baseline), above,
+                                details={"searched_speedup": above, "accepted_as": f"{label}, above the window"})
+
+    monkeypatch.setattr(spdy, "searched_baseline", searched)
+    monkeypatch.setattr(spdy, "build_latency_model", lambda p: BlindLatencyModel(p, "features.7.0"))
+    problem.calibration_loss = lambda plan: 0.0 if {k: len(v) for k, v in plan.items()} == baseline else 1.0
+    result = policies.get("spdy")().allocate(problem)
+    assert {k: len(v) for k, v in result.plan.items()} == baseline, result.details["chosen_source"]
+    assert result.measured_speedup == above and result.details["chosen_source"].endswith("above the window")

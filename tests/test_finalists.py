@@ -11,7 +11,8 @@ from deploycompress.context import build_context
 from deploycompress.graph import GroupGraph
 from deploycompress.importance import keep_top
 from deploycompress.recipe import build_config
-from deploycompress.stages.prune import calibration_loss_fn, finalist_samples, finetuned_loss_fn
+from deploycompress.stages.prune import (FINALIST_LOSS_WEIGHT, _loss_objective, calibration_loss_fn, finalist_epochs,
+                                        finalist_samples, finetuned_loss_fn)
 
 
 def _plans(count: int) -> list[tuple[float, float | None, dict[str, int]]]:
@@ -106,6 +107,7 @@ def make(num_classes=10):
 
 def _context(tmp_path, monkeypatch, validation: int = 0, **finetune):
     """A small labelled run; `validation`: that many extra samples as the data's validation split."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "net.py").write_text(NET_PY)
     namespace: dict = {}
     exec(NET_PY, namespace)  # noqa: S102 - our own test model
@@ -137,8 +139,11 @@ def test_finetuned_loss_trains_a_copy_of_the_masked_model_and_restores_the_weigh
     after = ctx.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm buffers restored
     assert not any(isinstance(m, torch.nn.Module) and m._forward_hooks for m in ctx.model.modules())  # unmasked
-    assert first.shape == (48,)  # one loss per calibration sample
-    assert first.mean() < untrained  # it trained, and on samples the short finetune never saw the loss went down
+    assert first.shape == (48,)  # one score per calibration sample
+    errors = np.floor(first)  # 1 per misclassified sample, plus FINALIST_LOSS_WEIGHT x its cross-entropy
+    assert set(np.unique(errors)) <= {0.0, 1.0}
+    cross_entropy = (first - errors) / FINALIST_LOSS_WEIGHT
+    assert cross_entropy.mean() < untrained  # it trained, and on samples the finetune never saw the loss went down
     assert np.allclose(finetuned_loss(plan), first, rtol=1e-5)  # same weights, same seed: same figures
 
 
@@ -150,6 +155,25 @@ def test_finalists_are_ranked_on_the_validation_split_and_finetuned_on_all_the_t
     graph = GroupGraph(ctx.model, ctx.example_input)
     plan = {g.name: keep_top(torch.rand(g.channels), g.channels // 2) for g in graph.groups}
     assert finetuned_loss_fn(ctx, graph)(plan).shape == (40,)
+
+
+def test_finalists_finetune_as_long_as_the_finetune_unless_told(tmp_path, monkeypatch):
+    assert finalist_epochs(_context(tmp_path / "a", monkeypatch, epochs=3)) == 3
+    assert finalist_epochs(_context(tmp_path / "b", monkeypatch, epochs=3, select_epochs=1.5)) == 1.5
+
+
+def test_the_finalist_score_counts_errors_first_and_breaks_ties_by_loss(tmp_path, monkeypatch):
+    ctx = _context(tmp_path, monkeypatch, epochs=3)
+    labels = torch.tensor([0, 0])
+    objective = _loss_objective(ctx, torch.zeros(2, 3, 8, 8), labels, error_weight=1 / FINALIST_LOSS_WEIGHT)
+
+    def score(logits: list[list[float]]) -> float:
+        return float(FINALIST_LOSS_WEIGHT * objective(torch.tensor(logits)).mean())
+
+    confident_but_wrong_once = score([[9.0, 0.0], [0.0, 0.1]])  # mean cross-entropy 0.37, one error
+    right_but_unsure = score([[0.1, 0.0], [0.1, 0.0]])  # mean cross-entropy 0.64, no error
+    assert right_but_unsure < confident_but_wrong_once
+    assert score([[2.0, 0.0], [2.0, 0.0]]) < right_but_unsure  # no errors either way: the lower loss wins
 
 
 def test_without_a_validation_split_finalists_are_ranked_on_calibration_samples_left_out_of_their_finetune(

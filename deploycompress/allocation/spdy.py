@@ -23,9 +23,9 @@ the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts
    latency as their own policies do (a plan above the window widened into it), and of every plan in
    the window the lowest-loss one is chosen.
 6. When a finetune follows, the best few of those plans by calibration loss and every baseline plan in
-   the window are each finetuned briefly from the same weights (`AllocationProblem.finetuned_loss`),
-   and the one with the lowest held-out loss is chosen (`choose_plan`): the ranking right after
-   pruning is not the ranking after a finetune.
+   the window are each finetuned from the same weights (`AllocationProblem.finetuned_loss`), and the
+   one with the lowest held-out score (errors, then loss) is chosen (`choose_plan`): the ranking
+   right after pruning is not the ranking after a finetune.
 """
 from __future__ import annotations
 
@@ -40,13 +40,13 @@ from .latency_model import LatencyModel, build_latency_model
 from .searched import global_family, uniform_family
 from .spdy_dp import coefficient_search, prunable_budget, quadratic_errors, solve_dp
 from .window import (  # noqa: F401 - level_widths, step_into_window and _level_step are this module's API too
-    BASELINE_STEPS, MAX_LEVELS, POLISH_STEPS, _key, _level_step, level_widths, loose_ceiling, searched_baseline, step_into_window)
+    BASELINE_STEPS, MAX_LEVELS, POLISH_STEPS, _key, _level_step, level_widths, searched_baseline, step_into_window)
 
 CALIBRATION_STEPS = 8
 # A measured plan this close to the window (as a ratio of its edge) is stepped in, not re-aimed.
 NEAR_MISS = 1.08
 # When a finetune follows, this many of the lowest-calibration-loss DP plans in the window (and every
-# baseline plan there) are finetuned briefly and compared on held-out loss (`choose_plan`).
+# baseline plan there) are finetuned and compared on their held-out score (`choose_plan`).
 FINALISTS = 3
 DP_PHASES = ("calibrate", "verify")  # the `sources` of plans the DP proposed (the rest are baselines)
 
@@ -57,8 +57,8 @@ def choose_plan(accepted: list[tuple], sources: dict[tuple, str], calibration_lo
     came from the DP and which from a baseline). Returns (plan, criterion, finalists as report rows).
 
     The plan with the lowest calibration loss, unless a finetune follows (`finetuned_loss`: loss per
-    held-out sample after a short finetune). Then the best FINALISTS DP plans by calibration loss and
-    every baseline plan are finetuned, and the one with the lowest mean held-out loss is chosen: what
+    held-out sample after a finetune). Then the best FINALISTS DP plans by calibration loss and
+    every baseline plan are finetuned, and the one with the lowest mean held-out score is chosen: what
     the deployed model goes through is a finetune, and the calibration loss right after pruning ranks
     plans for that poorly. Measured on digits_distorted (seed 0) while the calibration choice was kept
     unless a finalist beat it by two standard errors: spdy led the best baseline without a finetune in
@@ -236,7 +236,10 @@ class SPDY(AllocationPolicy):
                 baselines[label] = {"widths": found_widths, "measured_speedup": found.measured_speedup,
                                     "searched_speedup": found.details["searched_speedup"], "accepted_as": source,
                                     "loss": loss_of(found_widths)}
-                if goal <= found.measured_speedup <= loose_ceiling(problem):
+                # Every plan the baseline's own policy would ship is a candidate, up to the allowance: on
+                # vgg_digits 3x (seed 2) uniform shipped a plan measured at 3.27x, above the loose ceiling
+                # of 3.26x, that finetuned 0.8 points above the one DP plan SPDY had in its window.
+                if goal <= found.measured_speedup <= problem.target * (1 + problem.max_overshoot):
                     accepted.append((found.measured_speedup, None, found_widths))
                     sources.setdefault(_key(found_widths), source)
             for m in problem.meter.history:  # what the baselines measured informs the DP's aims from here on
