@@ -70,7 +70,8 @@ class PruneConfig:
     # When the profile stage measures the shipped model short of the target (a trusted figure), prune
     # again with the search window raised by the shortfall, at most this many times; 0 ships the first
     # result. The search and the profile measure minutes apart, and on a shared VM a plan the search
-    # confirmed inside its window (>= 3.09x) profiled at 2.96x (vgg_digits 3x seed 2, results/allocation.md).
+    # confirmed inside its window (>= 3.09x) profiled at 2.96x (vgg_digits 3x seed 2,
+    # benchmarks/results/allocation_avx2_before_validation.md).
     resolve_attempts: int = 1
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
 """Policies against a deterministic stand-in for the latency meter (real timing lives in benchmarks/)."""
+import numpy as np
 import pytest
 import torch
 
@@ -344,3 +345,42 @@ def test_spdy_takes_a_baseline_plan_its_own_policy_would_ship_above_the_window(m
     result = policies.get("spdy")().allocate(problem)
     assert {k: len(v) for k, v in result.plan.items()} == baseline, result.details["chosen_source"]
     assert result.measured_speedup == above and result.details["chosen_source"].endswith("above the window")
+
+
+@pytest.mark.parametrize("label", ["uniform", "global"])
+@pytest.mark.parametrize("target", [1.5, 2.0, 3.0])
+def test_a_baseline_plan_does_not_depend_on_what_was_measured_before(monkeypatch, label, target):
+    """SPDY searches the baseline families after measuring its own plans; the plan it weighs must be the
+    one `--policy uniform` (or global) ships on its own, so the widening's latency model is fitted to the
+    baseline's own search, not to everything the meter holds."""
+    from deploycompress.allocation import window
+    from deploycompress.allocation.searched import global_family, uniform_family
+
+    fitted: list[dict] = []
+
+    class RecordingModel(SquaresLatencyModel):
+        def add_measurement(self, widths, speedup):
+            fitted.append(dict(widths))
+
+    def build(problem):
+        model = RecordingModel(problem)
+        model.dense_cost = problem.meter.dense_cost
+        return model
+
+    monkeypatch.setattr(window, "build_latency_model", build)
+    family = {"uniform": uniform_family, "global": global_family}[label]
+    alone = _problem(target)
+    shipped = window.searched_baseline(alone, family(alone), label)
+    after_others = _problem(target)
+    rng = np.random.default_rng(0)
+    others = []
+    for _ in range(12):  # plans of other shapes measured first, as SPDY's DP does
+        widths = {g.name: int(rng.choice([8, 24, 40, g.channels])) for g in after_others.graph.groups}
+        others.append(widths)
+        after_others.meter.measure(after_others.plan_from_widths(widths))
+    fitted.clear()
+    weighed = window.searched_baseline(after_others, family(after_others), label)
+    assert {k: len(v) for k, v in weighed.plan.items()} == {k: len(v) for k, v in shipped.plan.items()}
+    assert weighed.details["accepted_as"] == shipped.details["accepted_as"]
+    if weighed.details["accepted_as"].endswith("widened"):
+        assert fitted and not any(w in others for w in fitted), "fitted to plans from before the search"
