@@ -5,7 +5,7 @@ The built-in sets are made from scikit-learn's handwritten digits (1,797 8x8 ima
 the installed package, so nothing is downloaded), upsampled to 16x16 so that convolutions have room:
 `digits` as they are, and `digits_distorted`, the same images rotated, scaled, shifted and noised.
 The zoo models reach 99.7% on `digits`, so after a finetune every pruning policy lands within a test
-image or two of the dense model; on `digits_distorted` they reach 87-95%, and policies can differ.
+image or two of the dense model; on `digits_distorted` they reach 84-95%, and policies can differ.
 
 Both built-in sets also hold a validation split: digits taken out of the training split, which neither
 the zoo's dense models nor any finetune train on. SPDY ranks its finalists on it (stages/prune.py

@@ -165,10 +165,10 @@ def test_finalists_finetune_as_long_as_the_finetune_unless_told(tmp_path, monkey
 def test_the_finalist_score_counts_errors_first_and_breaks_ties_by_loss(tmp_path, monkeypatch):
     ctx = _context(tmp_path, monkeypatch, epochs=3)
     labels = torch.tensor([0, 0])
-    objective = _loss_objective(ctx, torch.zeros(2, 3, 8, 8), labels, error_weight=1 / FINALIST_LOSS_WEIGHT)
+    objective = _loss_objective(ctx, torch.zeros(2, 3, 8, 8), labels, loss_weight=FINALIST_LOSS_WEIGHT, error_weight=1.0)
 
     def score(logits: list[list[float]]) -> float:
-        return float(FINALIST_LOSS_WEIGHT * objective(torch.tensor(logits)).mean())
+        return float(objective(torch.tensor(logits)).mean())
 
     confident_but_wrong_once = score([[9.0, 0.0], [0.0, 0.1]])  # mean cross-entropy 0.37, one error
     right_but_unsure = score([[0.1, 0.0], [0.1, 0.0]])  # mean cross-entropy 0.64, no error

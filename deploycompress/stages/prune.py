@@ -39,16 +39,16 @@ FINALIST_HELD_OUT = 256
 FINALIST_LOSS_WEIGHT = 0.01
 
 
-def _loss_objective(ctx: RunContext, x: torch.Tensor, labels: torch.Tensor | None,
+def _loss_objective(ctx: RunContext, x: torch.Tensor, labels: torch.Tensor | None, loss_weight: float = 1.0,
                     error_weight: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """logits on `x` -> loss per sample: cross-entropy with `labels` (plus `error_weight` for each
-    misclassified sample), else distillation (KL) against the dense model on `x`."""
+    """logits on `x` -> loss per sample: `loss_weight` x cross-entropy with `labels`, plus `error_weight`
+    for each misclassified sample; without labels, distillation (KL) against the dense model on `x`."""
     teacher = predict(ctx.dense, x)
 
     def objective(logits: torch.Tensor) -> torch.Tensor:
         if labels is not None:
             errors = (logits.argmax(1) != labels).float()
-            return F.cross_entropy(logits, labels, reduction="none") + error_weight * errors
+            return loss_weight * F.cross_entropy(logits, labels, reduction="none") + error_weight * errors
         return F.kl_div(F.log_softmax(logits, 1), F.softmax(teacher, 1), reduction="none").sum(1)
 
     return objective
@@ -120,9 +120,7 @@ def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], np
     held_out, labels, train_on, _ = finalist_samples(ctx)
     if len(train_on.x_train) == 0:
         return None
-    # Scaled so that one misclassification counts 1 and the cross-entropy FINALIST_LOSS_WEIGHT.
-    objective = _loss_objective(ctx, held_out, labels, error_weight=1.0 / FINALIST_LOSS_WEIGHT)
-    scale = FINALIST_LOSS_WEIGHT if labels is not None else 1.0
+    objective = _loss_objective(ctx, held_out, labels, loss_weight=FINALIST_LOSS_WEIGHT, error_weight=1.0)
     finalists = itertools.count(1)
 
     def loss(plan: Plan) -> np.ndarray:
@@ -137,7 +135,7 @@ def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], np
             masks.remove()
             ctx.model.load_state_dict(saved)
             ctx.model.eval()
-        return scale * objective(logits).numpy()
+        return objective(logits).numpy()
 
     return loss
 
