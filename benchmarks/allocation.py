@@ -139,6 +139,10 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
             # a baseline's plan: as its bisection found it, widened into the window, or left above it
             "accepted_as": details.get("accepted_as"), "searched_speedup": details.get("searched_speedup"),
             "finalists": [{k: v for k, v in f.items() if k != "widths"} for f in details.get("finalists", [])],
+            # spdy's own uniform/global candidates, to check against what those policies ship
+            "baselines": {label: {k: b.get(k) for k in ("widths", "measured_speedup", "accepted_as")}
+                          for label, b in details.get("baselines", {}).items()},
+            "reused_baseline_decision": any("was reused" in note for note in report.get("notes", [])),
             "prune_seconds": next(s["seconds"] for s in report["stages"] if s["name"] == "prune"),
             "seconds": seconds + (no_finetune.get("seconds_no_finetune") or 0.0),
             "widths": {layer["name"]: layer["channels_after"] for layer in report["layers"]}}
@@ -293,6 +297,23 @@ def main() -> None:
     partial.unlink(missing_ok=True)
 
 
+def _baseline_agreement_lines(records: list[dict]) -> list[str]:
+    """Whether the uniform/global plan spdy weighed (finetuned run) is the one that policy's own finetuned
+    run shipped: spdy can only be as good as a baseline whose plan it weighed."""
+    shipped = {(r["model"], r["target"], r["seed"], r["policy"]): r["widths"] for r in records}
+    lines = []
+    for label in ("uniform", "global"):
+        pairs = [(r, shipped[(r["model"], r["target"], r["seed"], label)]) for r in records
+                 if r["policy"] == "spdy" and label in (r.get("baselines") or {})
+                 and (r["model"], r["target"], r["seed"], label) in shipped]
+        if not pairs:
+            continue
+        differ = [f"{r['model']} {r['target']:g}x seed {r['seed']}" for r, w in pairs if r["baselines"][label]["widths"] != w]
+        lines.append(f"spdy weighed the plan --policy {label} shipped in {len(pairs) - len(differ)}/{len(pairs)} runs"
+                     + (f" (not: {', '.join(differ)})" if differ else ""))
+    return lines
+
+
 def report(records: list[dict], models: list[str], targets: list[float], policies: list[str], seeds: list[int],
            data: str, measured_in: dict | None = None, failures: list[dict] | None = None) -> None:
     """Write the JSON and Markdown results; `measured_in` keeps an earlier run's environment; `failures`:
@@ -323,7 +344,8 @@ def report(records: list[dict], models: list[str], targets: list[float], policie
              *_pooled_lead_lines(records, policies),
              "Measured speedup (the profile stage's figure) against the allowed [target, target x 1.1], per policy "
              "over every run of both columns:",
-             *[_speed_line(policy, [r for r in records if r["policy"] == policy]) for policy in policies]]
+             *[_speed_line(policy, [r for r in records if r["policy"] == policy]) for policy in policies],
+             *_baseline_agreement_lines(records)]
     untrusted = [f"{r['model']} {r['target']:g}x/{r['policy']}/seed {r['seed']}/{run}" for r in records
                  for run, key in (("no finetune", "trusted_no_finetune"), ("finetuned", "trusted")) if not r[key]]
     if untrusted:

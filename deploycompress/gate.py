@@ -110,8 +110,12 @@ def evaluate(report: dict, bars: Bars, max_ci_width: float = DEFAULT_MAX_CI_WIDT
             state = "null" if "target_met" in report and report["target_met"] is None else "missing from the report"
             results.append(BarResult(False, f"target_met is {state}: no bar given and no run verdict to check"))
         else:
+            allowed = _figure(report, "speedup.allowed")
+            over = (f"; above the allowed {allowed[1]:.2f}x (more pruned than the target asked)"
+                    if met and _figure(report, "speedup.within_allowed") is False
+                    and isinstance(allowed, (list, tuple)) and len(allowed) == 2 else "")
             results.append(BarResult(met, f"run target {target_text} {'met' if met else 'NOT met'}: measured "
-                                          f"{'n/a' if speedup is None else f'{speedup:.2f}x'}{ci_text}"))
+                                          f"{'n/a' if speedup is None else f'{speedup:.2f}x'}{ci_text}{over}"))
         return results
     if bars.min_speedup is not None:
         if speedup is None:

@@ -37,6 +37,11 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
             "attempts": latency.get("attempts"),
             "predicted": prune.get("predicted_speedup"),
             "macs_ratio": _ratio(ctx.report.get("macs", {})),
+            # [target, target x (1 + prune.max_overshoot)]: faster than the allowance costs accuracy the
+            # target did not ask for; target_met alone (what `check` gates on) does not say so.
+            "allowed": [cfg.target_speedup, cfg.target_speedup * (1 + cfg.prune.max_overshoot)],
+            "within_allowed": None if measured is None else
+            bool(cfg.target_speedup <= measured <= cfg.target_speedup * (1 + cfg.prune.max_overshoot)),
         },
         "latency_ms": {
             "dense": comparison.get("a", {}).get("median_ms"),
@@ -88,11 +93,20 @@ def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
+def verdict(report: dict) -> str:
+    """MET / NOT MET / UNTRUSTED, and whether a met target was overshot past the allowance."""
+    s = report["speedup"]
+    text = {True: "MET", False: "NOT MET", None: "UNTRUSTED (measurement too noisy)"}[report["target_met"]]
+    allowed = s.get("allowed")
+    if report["target_met"] and s.get("within_allowed") is False and allowed:
+        text += f", but above the allowed {allowed[1]:.2f}x (prune.max_overshoot)"
+    return text
+
+
 def summary_lines(report: dict) -> list[str]:
     s, lat, acc = report["speedup"], report["latency_ms"], report["accuracy"]
-    verdict = {True: "MET", False: "NOT MET", None: "UNTRUSTED (measurement too noisy)"}[report["target_met"]]
     lines = [
-        f"target {report['target_speedup']:g}x: {verdict} - measured {_fmt(s['measured'])}x "
+        f"target {report['target_speedup']:g}x: {verdict(report)} - measured {_fmt(s['measured'])}x "
         f"(95% CI {_fmt((s['ci95'] or [None])[0])}-{_fmt((s['ci95'] or [None, None])[1])}), "
         f"predicted {_fmt(s['predicted'])}x, MACs ratio {_fmt(s['macs_ratio'])}x",
         f"latency   dense {_fmt(lat['dense'], '.3f')} ms -> compressed {_fmt(lat['compressed'], '.3f')} ms "

@@ -19,6 +19,7 @@ class FakeMeter:
         self.dense_cost = sum(c * c for c in self.dense.values())
         self.history = []
         self.dense_ms = 1.0
+        self.slowdown = 1.0  # another run's figures: the same plans measured this much slower
 
     def confirm(self, plan):
         return self.measure(plan, fresh=True)
@@ -26,8 +27,11 @@ class FakeMeter:
     def measure(self, plan, fresh=False, rounds=None):
         widths = {name: len(kept) for name, kept in plan.items()}
         speedup = self.dense_cost / sum(w * w for w in widths.values())
-        self.history.append(Measurement(widths, speedup, 1.0 / speedup, 0.0))
+        self.history.append(Measurement(widths, speedup * self.slowdown, 1.0 / speedup, 0.0))
         return self.history[-1]
+
+    def remember(self, measurement):
+        self.history.append(measurement)
 
 
 class SquaresLatencyModel:
@@ -384,3 +388,48 @@ def test_a_baseline_plan_does_not_depend_on_what_was_measured_before(monkeypatch
     assert weighed.details["accepted_as"] == shipped.details["accepted_as"]
     if weighed.details["accepted_as"].endswith("widened"):
         assert fitted and not any(w in others for w in fitted), "fitted to plans from before the search"
+
+
+def test_a_baseline_plan_decided_once_is_the_one_every_later_search_weighs(tmp_path, monkeypatch):
+    """The first search's baseline plan is stored; a later run of the same problem reads it (with the
+    measurements behind it) even where its own figures would walk elsewhere, and SPDY weighs that plan
+    too. Another target, or a damaged file, searches afresh."""
+    from deploycompress.allocation import spdy
+    from deploycompress.allocation.decisions import BaselineDecisions
+
+    def widths(result):
+        return {k: len(v) for k, v in result.plan.items()}
+
+    path = tmp_path / "model.baselines.json"
+    first = _problem(2.0)
+    first.baseline_decisions = BaselineDecisions(path)
+    decided = policies.get("uniform")().allocate(first)
+    assert path.is_file()
+
+    def later(target=2.0, decisions=True):
+        problem = _problem(target)
+        problem.meter.slowdown = 0.94  # the machine measured these plans 6% slower this time
+        problem.baseline_decisions = BaselineDecisions(path) if decisions else None
+        return problem
+
+    alone = policies.get("uniform")().allocate(later(decisions=False))
+    assert widths(alone) != widths(decided), "the slower figures alone walk to another plan"
+    problem = later()
+    reused = policies.get("uniform")().allocate(problem)
+    assert widths(reused) == widths(decided) and reused.measured_speedup == decided.measured_speedup
+    assert any("was reused" in note for note in problem.notes), problem.notes
+    assert [m.widths for m in problem.meter.history] == [m.widths for m in first.meter.history]
+
+    inside = later()
+    inside.spdy_evaluations = 6
+    monkeypatch.setattr(spdy, "build_latency_model", lambda p: BlindLatencyModel(p, blind="none"))
+    result = policies.get("spdy")().allocate(inside)
+    assert result.details["baselines"]["uniform"]["widths"] == widths(decided)
+
+    other_target = later(3.0)
+    policies.get("uniform")().allocate(other_target)
+    assert not any("was reused" in note for note in other_target.notes)
+    path.write_text("{not json")
+    damaged = later()
+    assert widths(policies.get("uniform")().allocate(damaged)) == widths(alone)
+    assert not any("was reused" in note for note in damaged.notes)

@@ -86,6 +86,15 @@ def test_cli_exit_0_when_bars_met(tmp_path, capsys):
     assert run_cli(["check", tmp_path]) == 0  # a run directory works too, and no bar means the run's target
 
 
+def test_the_run_target_passes_above_the_allowance_and_the_line_says_so(tmp_path, capsys):
+    over = report_with(speedup__measured=2.4, speedup__ci95=[2.36, 2.44], speedup__allowed=[2.0, 2.2],
+                       speedup__within_allowed=False)
+    assert run_cli(["check", write(tmp_path, over)]) == 0
+    assert "above the allowed 2.20x" in capsys.readouterr().out
+    assert run_cli(["check", write(tmp_path, report_with(speedup__within_allowed=True))]) == 0
+    assert "above the allowed" not in capsys.readouterr().out
+
+
 def test_cli_exit_1_with_one_line_per_failed_bar(tmp_path, capsys):
     path = write(tmp_path, report_with(speedup__measured=1.5, speedup__ci95=[1.47, 1.53], accuracy__drop=3.0))
     assert run_cli(["check", path, "--min-speedup", "2.0", "--max-accuracy-drop", "1.0", "--max-latency-ms", "1"]) == 1

@@ -154,3 +154,14 @@ def test_a_noisy_first_measurement_is_repeated_and_the_second_stands(monkeypatch
     assert report["speedup"]["trusted"] is True and report["speedup"]["measured"] == 2.3
     assert report["target_met"] is True and len(report["speedup"]["attempts"]) == 2
     assert check_exit([path]) == 0
+
+
+def test_a_speedup_above_the_allowance_is_met_and_says_it_overshot(monkeypatch, tmp_path):
+    from deploycompress.report import verdict
+
+    over, _, _ = profile_with(monkeypatch, tmp_path, [comparison(2.5, (2.45, 2.55))])
+    assert over["target_met"] is True and over["speedup"]["within_allowed"] is False
+    assert over["speedup"]["allowed"] == pytest.approx([2.0, 2.2])
+    assert "MET, but above the allowed 2.20x" in verdict(over)
+    inside, _, _ = profile_with(monkeypatch, tmp_path, [comparison(2.1, (2.05, 2.15))])
+    assert inside["speedup"]["within_allowed"] is True and "above the allowed" not in verdict(inside)

@@ -9,7 +9,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from ..latency import runtime
 from ..onnx_export import export_bytes
 from ..progress import bar as progress_bar
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from .decisions import BaselineDecisions
 
 
 @dataclass
@@ -164,14 +167,17 @@ class SpeedupMeter:
             # path (a noisy figure left out of the cache made the determinism test fail in CI). A verdict
             # such as "out of reach" re-measures fresh; a machine whose speed drifted sets the cache aside.
             self._save_cache()
-        measurement = self._cache[key]
-        # First-measured order, latest figure: the candidate list reads the same in every run.
-        positions = [i for i, m in enumerate(self.history) if m.widths == widths]
+        self.remember(self._cache[key])
+        return self._cache[key]
+
+    def remember(self, measurement: Measurement) -> None:
+        """Put `measurement` in the history: first-measured order, latest figure, so the candidate list
+        reads the same in every run (a reused baseline decision adds the figures it was made on)."""
+        positions = [i for i, m in enumerate(self.history) if m.widths == measurement.widths]
         if positions:
             self.history[positions[0]] = measurement
         else:
             self.history.append(measurement)
-        return measurement
 
 
 @dataclass
@@ -198,6 +204,9 @@ class AllocationProblem:
     # For choosing among finalist plans when a finetune follows: the loss per held-out sample of the
     # model masked to a plan after a short finetune. None where no finetune follows.
     finetuned_loss: Callable[[Plan], np.ndarray] | None = None
+    # Where the baseline families' searched plans are kept and read back (decisions.BaselineDecisions), so
+    # SPDY and `--policy uniform/global` weigh the same plan for the same problem. None: search every time.
+    baseline_decisions: "BaselineDecisions | None" = None
 
     @property
     def window(self) -> tuple[float, float]:

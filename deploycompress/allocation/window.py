@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from .base import AllocationProblem, AllocationResult, search_monotone
+from .decisions import baseline_key
 from .latency_model import build_latency_model
 
 MAX_LEVELS = 16
@@ -187,7 +188,30 @@ def searched_baseline(problem: AllocationProblem, family: Callable[[float], dict
     """A baseline policy's plan: its family bisected against measured latency (`search_monotone`), and
     where that stops above `loose_ceiling`, widened into the window, so a baseline is compared with
     SPDY at the same measured speed rather than faster (and less accurate) than the allowance. SPDY
-    takes the same plans as its baseline candidates. details["accepted_as"] says which it is."""
+    takes the same plans as its baseline candidates. details["accepted_as"] says which it is.
+
+    With `problem.baseline_decisions`, a plan decided for the same problem before is read back instead
+    of searched again (decisions.py: SPDY and the baseline policy then weigh one plan, whatever the
+    machine's noise did in between), and a new decision is stored."""
+    decisions = problem.baseline_decisions
+    key = baseline_key(problem, label) if decisions is not None else None
+    if decisions is not None:
+        reused = decisions.reuse(problem, key)
+        if reused is not None:
+            problem.notes.append(f"{label}: the plan decided for this model, target and window on "
+                                 f"{reused.details.get('decided_at')} was reused, not searched again "
+                                 f"({decisions.path.name}; prune.reuse_measurements = false searches afresh)")
+            return reused
+    notes_before = len(problem.notes)
+    with recorded_measurements(problem.meter) as measured:
+        result = _search_baseline(problem, family, label, description)
+    if decisions is not None:
+        decisions.record(key, result, measured, problem.notes[notes_before:])
+    return result
+
+
+def _search_baseline(problem: AllocationProblem, family: Callable[[float], dict[str, int]], label: str,
+                     description: str | None) -> AllocationResult:
     with recorded_measurements(problem.meter) as searched:
         found = search_monotone(problem, family, description or f"{label} search")
     widths = {name: len(kept) for name, kept in found.plan.items()}

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..allocation import AllocationProblem, SpeedupMeter, policies
 from ..allocation.base import model_digest
+from ..allocation.decisions import BaselineDecisions
 from ..models.loading import cache_dir
 from ..context import RunContext
 from ..fileio import atomic_write, write_json
@@ -219,7 +220,9 @@ class PruneStage(Stage):
                                     multiple, meter, calibration_loss_fn(ctx, graph), cfg.seed,
                                     spdy_evaluations=cfg.prune.spdy_evaluations, spdy_min_keep=cfg.prune.spdy_min_keep,
                                     finetune_round=finetune_round_fn(ctx, graph, rescore),
-                                    finetuned_loss=finetuned_loss_fn(ctx, graph), aim_shift=ctx.aim_shift)
+                                    finetuned_loss=finetuned_loss_fn(ctx, graph), aim_shift=ctx.aim_shift,
+                                    baseline_decisions=BaselineDecisions(cache.with_suffix(".baselines.json"))
+                                    if cfg.prune.reuse_measurements else None)
         if ctx.resolves:
             last = ctx.resolves[-1]
             problem.notes.append(f"pruned again (re-solve {len(ctx.resolves)}): the profile measured "
