@@ -206,7 +206,8 @@ def searched_baseline(problem: AllocationProblem, family: Callable[[float], dict
     with recorded_measurements(problem.meter) as measured:
         result = _search_baseline(problem, family, label, description)
     if decisions is not None:
-        decisions.record(key, result, measured, problem.notes[notes_before:])
+        # only the baseline's own notes: a latency-table note from the widening belongs to this run alone
+        decisions.record(key, result, measured, [n for n in problem.notes[notes_before:] if n.startswith(f"{label}:")])
     return result
 
 
