@@ -83,6 +83,16 @@ def _accuracy_drop(report: dict) -> float | None:
     return drop
 
 
+def exceeded_allowance(report: dict) -> float | None:
+    """The top of the allowed speedup range (report key speedup.allowed) when a met target was measured
+    above it, else None: a target met that way pruned more than it asked for."""
+    allowed = _figure(report, "speedup.allowed")
+    if (_figure(report, "target_met") is True and _figure(report, "speedup.within_allowed") is False
+            and isinstance(allowed, (list, tuple)) and len(allowed) == 2):
+        return allowed[1]
+    return None
+
+
 def evaluate(report: dict, bars: Bars, max_ci_width: float = DEFAULT_MAX_CI_WIDTH,
              max_ratio_spread: float = DEFAULT_MAX_RATIO_SPREAD) -> list[BarResult]:
     """Every bar that is set, passed or failed, plus the trust of the speedup measurement.
@@ -110,10 +120,8 @@ def evaluate(report: dict, bars: Bars, max_ci_width: float = DEFAULT_MAX_CI_WIDT
             state = "null" if "target_met" in report and report["target_met"] is None else "missing from the report"
             results.append(BarResult(False, f"target_met is {state}: no bar given and no run verdict to check"))
         else:
-            allowed = _figure(report, "speedup.allowed")
-            over = (f"; above the allowed {allowed[1]:.2f}x (more pruned than the target asked)"
-                    if met and _figure(report, "speedup.within_allowed") is False
-                    and isinstance(allowed, (list, tuple)) and len(allowed) == 2 else "")
+            ceiling = exceeded_allowance(report)
+            over = "" if ceiling is None else f"; above the allowed {ceiling:.2f}x (more pruned than the target asked)"
             results.append(BarResult(met, f"run target {target_text} {'met' if met else 'NOT met'}: measured "
                                           f"{'n/a' if speedup is None else f'{speedup:.2f}x'}{ci_text}{over}"))
         return results

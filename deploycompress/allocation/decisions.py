@@ -57,10 +57,10 @@ class BaselineDecisions:
             except (OSError, ValueError):
                 self._saved = {}
 
-    def reuse(self, problem: AllocationProblem, key: str) -> AllocationResult | None:
+    def reuse(self, problem: AllocationProblem, key: str, label: str) -> AllocationResult | None:
         """The decision stored under `key` as this run's result, its measurements added to the meter's
-        history (the candidates list and the latency fit read them as if measured now); None when there
-        is none or it does not fit this model's groups."""
+        history (the candidates list and the latency fit read them as if measured now) and a note saying
+        so; None when there is none or it does not fit this model's groups."""
         saved = self._saved.get(key)
         try:
             widths = {g.name: int(saved["widths"][g.name]) for g in problem.graph.groups}
@@ -74,6 +74,9 @@ class BaselineDecisions:
         for m in measurements:
             problem.meter.remember(m)
         problem.notes.extend(notes)
+        problem.notes.append(f"{label}: the plan decided for this model, target and window on "
+                             f"{saved.get('decided_at')} was reused, not searched again "
+                             f"({self.path.name}; prune.reuse_measurements = false searches afresh)")
         details.update(candidates=len(problem.meter.history), decided_at=saved.get("decided_at"),
                        reused_decision=self.path.name)
         return AllocationResult(problem.plan_from_widths(widths), speedup, details=details)

@@ -194,20 +194,17 @@ def searched_baseline(problem: AllocationProblem, family: Callable[[float], dict
     of searched again (decisions.py: SPDY and the baseline policy then weigh one plan, whatever the
     machine's noise did in between), and a new decision is stored."""
     decisions = problem.baseline_decisions
-    key = baseline_key(problem, label) if decisions is not None else None
-    if decisions is not None:
-        reused = decisions.reuse(problem, key)
-        if reused is not None:
-            problem.notes.append(f"{label}: the plan decided for this model, target and window on "
-                                 f"{reused.details.get('decided_at')} was reused, not searched again "
-                                 f"({decisions.path.name}; prune.reuse_measurements = false searches afresh)")
-            return reused
+    if decisions is None:
+        return _search_baseline(problem, family, label, description)
+    key = baseline_key(problem, label)
+    reused = decisions.reuse(problem, key, label)
+    if reused is not None:
+        return reused
     notes_before = len(problem.notes)
     with recorded_measurements(problem.meter) as measured:
         result = _search_baseline(problem, family, label, description)
-    if decisions is not None:
-        # only the baseline's own notes: a latency-table note from the widening belongs to this run alone
-        decisions.record(key, result, measured, [n for n in problem.notes[notes_before:] if n.startswith(f"{label}:")])
+    # only the baseline's own notes: a latency-table note from the widening belongs to this run alone
+    decisions.record(key, result, measured, [n for n in problem.notes[notes_before:] if n.startswith(f"{label}:")])
     return result
 
 
