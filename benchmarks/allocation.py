@@ -134,6 +134,7 @@ def run_one(model: str, target: float, policy: str, seed: int, epochs: int | Non
             "accuracy_before_finetune": report["finetune"]["accuracy_before"],
             "accuracy_finetuned": report["accuracy"]["compressed"], "finetune_epochs": report["finetune"]["epochs"],
             "accuracy_finetuned_repeats": repeats, "select_epochs": _resolved_select_epochs(report),
+            "select_repeats": report["config"]["finetune"].get("select_repeats", 1),
             "spdy_min_keep": report["config"]["prune"]["spdy_min_keep"],
             "chosen_by": details.get("chosen_by"), "chosen_source": details.get("chosen_source"),
             # a baseline's plan: as its bisection found it, widened into the window, or left above it
@@ -198,9 +199,35 @@ def _paired_lead(records: list[dict], model: str, target: float, column: str, ot
     if other is None:
         return {"lead_per_seed": [], "lead_mean": None, "lead_stderr": None}
     spdy, rival = by_seed("spdy"), by_seed(other)
-    leads = [spdy[seed] - rival[seed] for seed in sorted(spdy.keys() & rival.keys())]
+    seeds = sorted(spdy.keys() & rival.keys())
+    leads = [spdy[seed] - rival[seed] for seed in seeds]
     stderr = statistics.stdev(leads) / len(leads) ** 0.5 if len(leads) > 1 else None
-    return {"lead_per_seed": leads, "lead_mean": statistics.fmean(leads) if leads else None, "lead_stderr": stderr}
+    finetune_stderr = _finetune_noise(records, model, target, other, seeds) if column == FINETUNED else None
+    noise = max((e for e in (stderr, finetune_stderr) if e is not None), default=None)
+    mean = statistics.fmean(leads) if leads else None
+    return {"lead_per_seed": leads, "lead_mean": mean, "lead_stderr": stderr, "lead_stderr_finetunes": finetune_stderr,
+            "behind_beyond_noise": None if noise is None or mean is None else mean + NOISE_STANDARD_ERRORS * noise < 0}
+
+
+# A cell counts as spdy behind beyond noise when its lead plus this many standard errors is still below 0.
+NOISE_STANDARD_ERRORS = 2.0
+
+
+def _finetune_noise(records: list[dict], model: str, target: float, other: str, seeds: list[int]) -> float | None:
+    """Standard error of the finetuned lead that the finetune's seed alone accounts for, with both
+    policies' plans held fixed: each seed's two means over K finetunes have variance s^2 / K each, and
+    the lead averages the seeds. None without at least two finetunes a run. With two seeds the seed-to-
+    seed standard error rests on one difference; this one rests on every finetune."""
+    runs = {(r["policy"], r["seed"]): r.get("accuracy_finetuned_repeats") or [] for r in records
+            if (r["model"], r["target"]) == (model, target) and r["policy"] in ("spdy", other)}
+    variance = 0.0
+    for seed in seeds:
+        for policy in ("spdy", other):
+            repeats = runs.get((policy, seed), [])
+            if len(repeats) < 2:
+                return None
+            variance += statistics.variance(repeats) / len(repeats)
+    return variance ** 0.5 / len(seeds) if seeds else None
 
 
 def main() -> None:
@@ -331,13 +358,15 @@ def report(records: list[dict], models: list[str], targets: list[float], policie
              "plan's accuracy by as much as the policies differ). "
              "'no finetune' and 'finetuned' are separate runs (finetune.epochs 0, and the default); "
              "'spdy chose' is where SPDY's plan came from in each (DP phase, or a baseline family). "
-             f"SPDY's finalists finetuned {_select_epochs(records)} epoch(s) each before its choice (finetune.select_epochs); "
+             f"SPDY's finalists finetuned {_select_epochs(records)} epoch(s) each before its choice (finetune.select_epochs), "
+             f"those still close after one finetune {_select_repeats(records)} time(s) in all (finetune.select_repeats); "
              f"SPDY kept at least {_min_keep(records)} of every group (prune.spdy_min_keep).",
              f"spdy at least as accurate as the best other policy (mean over seeds): {wins}/{len(verdicts)} "
              "(model, target, column) cells.",
              *[f"- NOT: {v['model']} {v['target']:g}x {_column_label(v)}: spdy {v['spdy']:.2f} < {v['best_other']:.2f} "
                f"({(v['best_other'] - v['spdy']) * images / 100:.1f} test images a seed on average)"
                for v in verdicts if not v["spdy_at_least_as_accurate"]],
+             _beyond_noise_line(verdicts),
              "spdy's lead over the best other policy, mean of its per-seed differences (points) +- its standard error:",
              *[_lead_line(v) for v in verdicts],
              "spdy's lead over each other policy over every (model, target, seed) run, points +- standard error:",
@@ -379,6 +408,12 @@ def _select_epochs(records: list[dict]) -> str:
     return "/".join(f"{v:g}" for v in values)
 
 
+def _select_repeats(records: list[dict]) -> str:
+    """Records from before finetune.select_repeats finetuned each finalist once."""
+    values = sorted({r.get("select_repeats", 1) for r in records if r["policy"] == "spdy"})
+    return "/".join(map(str, values))
+
+
 def _min_keep(records: list[dict]) -> str:
     """Records from before prune.spdy_min_keep existed had no floor (0)."""
     values = sorted({r.get("spdy_min_keep", 0.0) for r in records if r["policy"] == "spdy"})
@@ -400,8 +435,22 @@ def _lead_line(v: dict) -> str:
         return f"- {v['model']} {v['target']:g}x {column}: no paired runs"
     stderr = "n/a" if v["lead_stderr"] is None else f"{v['lead_stderr']:.2f}"
     seeds = " / ".join(f"{lead:+.2f}" for lead in v["lead_per_seed"])
+    finetunes = "" if v.get("lead_stderr_finetunes") is None else \
+        f"; +- {v['lead_stderr_finetunes']:.2f} from the finetunes' seeds alone"
+    behind = " BEHIND beyond noise" if v.get("behind_beyond_noise") else ""
     return (f"- {v['model']} {v['target']:g}x {column}: {v['lead_mean']:+.2f} +- {stderr} "
-            f"against {v['best_other_policy']} (per seed {seeds})")
+            f"against {v['best_other_policy']} (per seed {seeds}{finetunes}){behind}")
+
+
+def _beyond_noise_line(verdicts: list[dict]) -> str:
+    """How many cells have spdy behind the best other policy by more than NOISE_STANDARD_ERRORS standard
+    errors (the larger of the seed-to-seed one and, for the finetuned column, the finetunes' own)."""
+    judged = [v for v in verdicts if v.get("behind_beyond_noise") is not None]
+    behind = [f"{v['model']} {v['target']:g}x {_column_label(v)}" for v in judged if v["behind_beyond_noise"]]
+    return (f"spdy behind the best other policy by more than {NOISE_STANDARD_ERRORS:g} standard errors: "
+            f"{len(behind)}/{len(judged)} cells with a standard error" + (f" ({', '.join(behind)})" if behind else "")
+            + (f"; {len(verdicts) - len(judged)} cell(s) have none (one seed, no finetune repeats)"
+               if len(judged) < len(verdicts) else ""))
 
 
 def _pooled_lead_lines(records: list[dict], policies: list[str]) -> list[str]:

@@ -113,7 +113,11 @@ DISTORT_SCALE = (0.8, 1.15)
 DISTORT_SHIFT = 0.2  # of the half-width: 1.6 pixels at 16x16
 DISTORT_NOISE = 0.2  # pixel-noise stdev, images in [0, 1]
 DISTORTED_TEST_COPIES = 3  # each held-out digit is tested in 3 distortions: 1,077 test images
-DISTORTED_VALIDATION_COPIES = 2  # and each validation digit validated in 2: 432 validation images
+# Each validation digit is validated in 6 distortions (1,296 images): SPDY's finalists differ by a few
+# tenths of a point, and with 2 (432 images) the validation split ranked two vgg_digits 2x plans
+# 0.0457 against 0.0480 while the test split ranked them 93.87% against 94.99% the other way. More
+# copies of the same 216 digits cut the part of that noise that comes from the distortions drawn.
+DISTORTED_VALIDATION_COPIES = 6
 DISTORT_SEED = 1  # the set is fixed: the same on every machine and for every run seed
 
 

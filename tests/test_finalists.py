@@ -40,7 +40,7 @@ def test_with_a_finetune_the_best_dp_plans_and_every_baseline_are_finetuned_and_
     after_finetune = {8: 0.50, 16: 0.40, 24: 0.45, 32: 0.01, 40: 0.02, 48: 0.30}
     finetuned = []
 
-    def finetuned_loss(widths):
+    def finetuned_loss(widths, repeat):
         finetuned.append(widths["a"])
         return after_finetune[widths["a"]] + noise + _per_sample(0.0, seed=widths["a"], spread=0.05)
 
@@ -65,7 +65,7 @@ def test_the_lowest_finetuned_loss_wins_even_within_noise_and_the_report_says_ho
     gain = np.tile([0.2, -0.19], 128)  # mean 0.005, standard error about 0.012
     after_finetune = {8: first, 16: first - gain}
     chosen, criterion, finalists = choose_plan(accepted, sources, lambda w: calibration[w["a"]],
-                                               lambda w: after_finetune[w["a"]])
+                                               lambda w, repeat: after_finetune[w["a"]])
     assert finalists[1]["finetuned_loss"] < finalists[0]["finetuned_loss"]
     assert chosen[2] == {"a": 16} and criterion.startswith("finetuned loss (lower than the calibration choice's by 0.")
     assert [f["chosen"] for f in finalists] == [False, True]
@@ -77,9 +77,61 @@ def test_the_calibration_choice_stays_when_it_is_also_lowest_after_the_short_fin
     sources = {(("a", w["a"]),): "verify" for _, _, w in accepted}
     calibration = {8: 0.1, 16: 0.2, 24: 0.3}
     chosen, criterion, finalists = choose_plan(accepted, sources, lambda w: calibration[w["a"]],
-                                               lambda w: _per_sample(calibration[w["a"]], seed=w["a"]))
+                                               lambda w, repeat: _per_sample(calibration[w["a"]], seed=w["a"]))
     assert chosen[2] == {"a": 8} and criterion.startswith("calibration loss and finetuned loss")
     assert [f["chosen"] for f in finalists] == [True, False, False]
+
+
+def _seeded_finalists():
+    """Three DP plans whose finetunes differ by seed: plan 16 is luckiest with the first seed, plan 24 is
+    the better one on average over seeds, plan 8 is clearly behind with every seed."""
+    accepted = _plans(3)
+    sources = {(("a", w["a"]),): "verify" for _, _, w in accepted}
+    calibration = {8: 0.1, 16: 0.2, 24: 0.3}
+    per_seed = {8: [0.60, 0.60, 0.60], 16: [0.20, 0.34, 0.36], 24: [0.21, 0.22, 0.23]}
+    # the same held-out samples are hard for every plan (mean exactly 0)
+    scatter = np.random.default_rng(0).permutation(np.tile([0.3, -0.3], 128))
+    calls = []
+
+    def finetuned_loss(widths, repeat):
+        calls.append((widths["a"], repeat))
+        # per-sample scatter of this finetune with mean exactly 0, so the plan's mean is per_seed's figure
+        own = np.random.default_rng(100 * widths["a"] + repeat).permutation(np.tile([0.1, -0.1], 128))
+        return per_seed[widths["a"]][repeat] + scatter + own
+
+    return accepted, sources, (lambda w: calibration[w["a"]]), finetuned_loss, calls
+
+
+def test_finalists_close_after_one_finetune_are_finetuned_again_and_ranked_on_the_mean():
+    accepted, sources, calibration_loss, finetuned_loss, calls = _seeded_finalists()
+    chosen, criterion, finalists = choose_plan(accepted, sources, calibration_loss, finetuned_loss, repeats=3)
+    # every finalist once with the run's own seed; then only the two contenders, with two more seeds each
+    assert calls[:3] == [(8, 0), (16, 0), (24, 0)]
+    assert sorted(calls[3:]) == [(16, 1), (16, 2), (24, 1), (24, 2)]
+    assert chosen[2] == {"a": 24} and "the mean of 3 finetunes" in criterion
+    assert [f["finetunes"] for f in finalists] == [1, 3, 3]
+    assert [f["chosen"] for f in finalists] == [False, False, True]
+    assert finalists[1]["finetuned_loss"] == pytest.approx(0.30, abs=1e-9)  # the mean over its three finetunes
+
+
+def test_one_finetune_each_picks_the_luckiest_seed():
+    accepted, sources, calibration_loss, finetuned_loss, calls = _seeded_finalists()
+    chosen, _, finalists = choose_plan(accepted, sources, calibration_loss, finetuned_loss, repeats=1)
+    assert calls == [(8, 0), (16, 0), (24, 0)]
+    assert chosen[2] == {"a": 16} and [f["finetunes"] for f in finalists] == [1, 1, 1]
+
+
+def test_a_clear_winner_after_one_finetune_is_not_finetuned_again():
+    accepted = _plans(2)
+    sources = {(("a", w["a"]),): "verify" for _, _, w in accepted}
+    calls = []
+
+    def finetuned_loss(widths, repeat):
+        calls.append((widths["a"], repeat))
+        return _per_sample({8: 0.9, 16: 0.1}[widths["a"]], seed=widths["a"], spread=0.05)
+
+    chosen, _, finalists = choose_plan(accepted, sources, lambda w: w["a"], finetuned_loss, repeats=3)
+    assert calls == [(8, 0), (16, 0)] and chosen[2] == {"a": 16}
 
 
 @pytest.mark.parametrize("width, narrower, expected", [
@@ -145,6 +197,8 @@ def test_finetuned_loss_trains_a_copy_of_the_masked_model_and_restores_the_weigh
     cross_entropy = (first - errors) / FINALIST_LOSS_WEIGHT
     assert cross_entropy.mean() < untrained  # it trained, and on samples the finetune never saw the loss went down
     assert np.allclose(finetuned_loss(plan), first, rtol=1e-5)  # same weights, same seed: same figures
+    assert np.allclose(finetuned_loss(plan, 0), first, rtol=1e-5)  # repeat 0 is the run's own seed
+    assert not np.allclose(finetuned_loss(plan, 1), first, rtol=1e-5)  # a repeat finetunes with another seed
 
 
 def test_finalists_are_ranked_on_the_validation_split_and_finetuned_on_all_the_training_data(tmp_path, monkeypatch):
@@ -199,9 +253,9 @@ def test_the_report_says_how_the_plan_was_chosen():
                               "chosen": False},
                              {"source": "calibrate", "measured_speedup": 3.13, "calibration_loss": 2.71,
                               "finetuned_loss": 1.00, "gain_over_first": 0.5, "gain_standard_error": 0.06,
-                              "chosen": True}]}
+                              "finetunes": 3, "chosen": True}]}
     text = "\n".join(_choice_lines({"search": {"details": details}}))
     assert "Chosen by finetuned loss from 3 plan(s)" in text and "`calibrate`" in text
-    assert "| global | 3.16x | 2.3700 | 1.5000 | +0.0000 (0.0000) |  |" in text
-    assert "| calibrate | 3.13x | 2.7100 | 1.0000 | +0.5000 (0.0600) | yes |" in text
+    assert "| global | 3.16x | 2.3700 | 1.5000 | 1 | +0.0000 (0.0000) |  |" in text  # a report from before repeats
+    assert "| calibrate | 3.13x | 2.7100 | 1.0000 | 3 | +0.5000 (0.0600) | yes |" in text
     assert _choice_lines({"search": {"details": {}}}) == []  # policies without a choice to explain

@@ -202,8 +202,11 @@ class AllocationProblem:
     # scores for every group. None where the caller cannot train (scores then stay as they are).
     finetune_round: Callable[[Plan], dict[str, torch.Tensor]] | None = None
     # For choosing among finalist plans when a finetune follows: the loss per held-out sample of the
-    # model masked to a plan after a short finetune. None where no finetune follows.
-    finetuned_loss: Callable[[Plan], np.ndarray] | None = None
+    # model masked to a plan after a finetune, given the plan and the repeat (0: the run's own seed,
+    # then other seeds). None where no finetune follows.
+    finetuned_loss: Callable[[Plan, int], np.ndarray] | None = None
+    # How many finetunes rank the finalists still close after the first (spdy.choose_plan).
+    finalist_repeats: int = 1
     # Where the baseline families' searched plans are kept and read back (decisions.BaselineDecisions), so
     # SPDY and `--policy uniform/global` weigh the same plan for the same problem. None: search every time.
     baseline_decisions: "BaselineDecisions | None" = None
