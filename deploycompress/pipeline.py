@@ -2,6 +2,7 @@
 up after an interruption; writes the report at the end."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -59,7 +60,9 @@ def _resolve_after_short_profile(ctx: RunContext) -> dict | None:
 
 
 def run_pipeline(config: RunConfig, resume: bool = False, stages: list[Stage] | None = None) -> dict:
-    run_dir = ensure_writable_dir(config.out or default_run_dir(config))
+    requested = Path(config.out or default_run_dir(config))
+    created = not requested.exists()
+    run_dir = ensure_writable_dir(requested)
     stages = stages or default_stages()
     manifest = _read_manifest(run_dir, config) if resume else {"config": config.to_dict(), "stages": {}}
     # Compared as JSON reads it back (tuples such as input_shape come back as lists).
@@ -68,7 +71,13 @@ def run_pipeline(config: RunConfig, resume: bool = False, stages: list[Stage] | 
     started = time.perf_counter()
     # Model, weights and data are checked before the run directory is touched: bad input must not
     # clobber the manifest of a run already there.
-    ctx: RunContext = build_context(config, run_dir)
+    try:
+        ctx: RunContext = build_context(config, run_dir)
+    except BaseException:
+        if created:  # the directory this run made for itself, still empty: a failed check leaves nothing
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
     ctx.resolves = list(manifest.get("resolves", []))
     remove_stale_temporaries(run_dir)  # half-written files of a killed run
     write_json(run_dir / MANIFEST, manifest)

@@ -129,3 +129,14 @@ def test_missing_input_shape_is_one_line(user_folder, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == ("deploycompress: error: --input-shape is required when neither the data "
                                      "nor a zoo model says it (e.g. 1,3,224,224)")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--data", "none"], "--input-shape is required"),
+    (["--input-shape", "1,3,32,32", "--data", "no_such_file.npz"], "data file not found"),
+])
+def test_a_run_stopped_by_bad_input_leaves_no_run_directory_behind(user_folder, tmp_path, args, fragment):
+    out = tmp_path / "fresh" / "run"
+    result = run_cli(["run", "--model", "my_model.py:make", *args, "--out", str(out)], cwd=user_folder, timeout=120)
+    assert result.returncode == 2 and fragment in result.stderr, result.stderr
+    assert not out.exists()  # the run made it for itself and put nothing in it
