@@ -64,14 +64,15 @@ def run_pipeline(config: RunConfig, resume: bool = False, stages: list[Stage] | 
     created = not requested.exists()
     run_dir = ensure_writable_dir(requested)
     stages = stages or default_stages()
-    manifest = _read_manifest(run_dir, config) if resume else {"config": config.to_dict(), "stages": {}}
-    # Compared as JSON reads it back (tuples such as input_shape come back as lists).
-    if resume and manifest["config"] != json.loads(json.dumps(config.to_dict())):
-        raise UserError(f"{run_dir} holds a run with different settings; resume with the same options or use a new --out")
     started = time.perf_counter()
-    # Model, weights and data are checked before the run directory is touched: bad input must not
-    # clobber the manifest of a run already there.
     try:
+        manifest = _read_manifest(run_dir, config) if resume else {"config": config.to_dict(), "stages": {}}
+        # Compared as JSON reads it back (tuples such as input_shape come back as lists).
+        if resume and manifest["config"] != json.loads(json.dumps(config.to_dict())):
+            raise UserError(f"{run_dir} holds a run with different settings; resume with the same options or use a "
+                            "new --out")
+        # Model, weights and data are checked before the run directory is touched: bad input must not
+        # clobber the manifest of a run already there.
         ctx: RunContext = build_context(config, run_dir)
     except BaseException:
         if created:  # the directory this run made for itself, still empty: a failed check leaves nothing
