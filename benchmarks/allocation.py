@@ -25,6 +25,7 @@ standard error.
         [--finetune-repeats K]
     python benchmarks/allocation.py --from-json results/allocation.json   # re-summarise, no runs
     python benchmarks/allocation.py --resume   # after an interruption: runs only the missing records
+    python benchmarks/allocation.py --seeds 0,1 --jobs 2   # one seed per core, side by side (--resume works too)
 
 Results: results/allocation.{json,md} for digits_distorted, results/allocation_NAME.* for other data.
 """
@@ -35,10 +36,11 @@ import contextlib
 import io
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
-from common import run_quietly, write_results
+from common import RESULTS, run_pinned, run_quietly, write_results
 
 from deploycompress.errors import TargetUnreachable
 from deploycompress.recipe import build_config
@@ -257,7 +259,13 @@ def main() -> None:
     parser.add_argument("--reuse-no-finetune", action="store_true",
                         help="with --keep-from: take the re-run policies' no-finetune runs from it too, and run "
                              "only their finetuned runs (for a change that only matters when a finetune follows)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run N seeds at once, each in its own process on its own core with one thread "
+                             "(at most the cores this process may use; default: %(default)s)")
+    parser.add_argument("--records-to", metavar="PATH", help=argparse.SUPPRESS)  # a --jobs worker's records
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     if args.finetune_repeats < 1:
         parser.error("--finetune-repeats must be at least 1")
     if args.select_epochs is not None and args.select_epochs < 0:
@@ -283,7 +291,11 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     records = []
     name = "allocation" if args.data == DEFAULT_DATA else f"allocation_{args.data}"
-    partial = Path(__file__).parent / "results" / f"{name}.partial.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.jobs > 1 and len(seeds) > 1:
+        _run_seed_workers(name, models, targets, policies, seeds, args.jobs, args.data)
+        return
+    partial = Path(args.records_to) if args.records_to else RESULTS / f"{name}.partial.json"
     if args.resume and partial.is_file():
         records = [r for r in json.loads(partial.read_text())["records"] if r["model"] in models
                    and r["target"] in targets and r["seed"] in seeds and r["policy"] in policies]
@@ -315,13 +327,38 @@ def main() -> None:
                                          "error": str(exc)})
                         print(f"seed {seed} {model} {target:g}x {policy}: FAILED: {exc}", flush=True)
                         continue
-                    partial.write_text(json.dumps({"records": records}, indent=1))
+                    partial.write_text(json.dumps({"records": records, "failures": failures}, indent=1))
                     r = records[-1]
                     print(f"seed {seed} {model} {target:g}x {policy}: no finetune {r['accuracy_no_finetune']:.2f} "
                           f"at {r['measured_speedup_no_finetune']:.2f}x, finetuned {finetuned_mean(r):.2f} "
                           f"at {r['measured_speedup']:.2f}x (prune {r['prune_seconds']:.0f} s)", flush=True)
+    if args.records_to:  # a --jobs worker: the parent merges and reports
+        partial.write_text(json.dumps({"records": records, "failures": failures}, indent=1))
+        return
     report(records, models, targets, policies, seeds, args.data, failures=failures)
     partial.unlink(missing_ok=True)
+
+
+def _run_seed_workers(name: str, models: list[str], targets: list[float], policies: list[str], seeds: list[int],
+                      jobs: int, data: str) -> None:
+    """--jobs: one worker process per seed (this script with the same arguments, that seed alone), `jobs`
+    at a time on cores of their own; then the table from all their records. A worker's records stay in
+    results/NAME.seedS.partial.json until every worker has finished, so --resume picks up where each
+    stopped."""
+    parts = {seed: RESULTS / f"{name}.seed{seed}.partial.json" for seed in seeds}
+    codes = run_pinned([[sys.executable, __file__, *sys.argv[1:], "--seeds", str(seed), "--jobs", "1",
+                         "--records-to", str(parts[seed])] for seed in seeds], jobs)
+    failed = [seed for seed, code in zip(seeds, codes) if code != 0]
+    if failed:
+        raise SystemExit(f"the worker(s) of seed(s) {', '.join(map(str, failed))} failed; their records so far are in "
+                         f"{RESULTS}: rerun with --resume to go on")
+    saved = [json.loads(parts[seed].read_text()) for seed in seeds]
+    records = [r for part in saved for r in part["records"]]
+    failures = [f for part in saved for f in part.get("failures", [])]
+    policies = [p for p in POLICIES if p in policies or any(r["policy"] == p for r in records)]  # and --keep-from's
+    report(records, models, targets, policies, seeds, data, failures=failures)
+    for part in parts.values():
+        part.unlink(missing_ok=True)
 
 
 def _baseline_agreement_lines(records: list[dict]) -> list[str]:

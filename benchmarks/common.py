@@ -10,6 +10,7 @@ import io
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,32 @@ def run_quietly(config) -> tuple[dict, float]:
     with contextlib.redirect_stdout(io.StringIO()):
         report = run_pipeline(config)
     return report, time.perf_counter() - start
+
+
+def run_pinned(commands: list[list[str]], jobs: int) -> list[int]:
+    """Run each command (an argv) in its own process, at most `jobs` at once, each pinned to a core of
+    its own with one intra-op thread; returns their exit codes in order. Why pinned: two processes
+    that share a core time each other's slices, and a latency measured that way is not the runtime's.
+    Each process still measures its speedups side by side within itself."""
+    cores = sorted(os.sched_getaffinity(0))
+    if jobs > len(cores):
+        raise SystemExit(f"--jobs {jobs}: this process may use {len(cores)} core(s); give at most that")
+    free, running, codes = cores[:jobs], {}, [0] * len(commands)
+    pending = list(enumerate(commands))
+    while pending or running:
+        while pending and free:
+            index, command = pending.pop(0)
+            core = free.pop(0)
+            print(f"[core {core}] {' '.join(command[1:])}", flush=True)
+            process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                       preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}))
+            running[process] = (index, core)
+        time.sleep(2)
+        for process in [p for p in running if p.poll() is not None]:
+            index, core = running.pop(process)
+            codes[index] = process.returncode
+            free.append(core)
+    return codes
 
 
 def write_results(name: str, payload: dict, table_header: list[str], rows: list[list], notes: list[str]) -> None:

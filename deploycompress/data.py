@@ -29,7 +29,9 @@ from .errors import UserError
 @dataclass
 class DataBundle:
     """Train/test tensors and an optional validation split (`x_val`, None when the data has none).
-    `y_*` are None when there are no labels (data-free or unlabelled)."""
+    `y_*` are None when there are no labels (data-free or unlabelled). `val_groups`, when set, names
+    the original each validation sample is a copy of (equal-sized groups): copies of one original are
+    correlated, so a standard error over validation samples must be taken over originals, not copies."""
 
     name: str
     x_train: torch.Tensor
@@ -39,6 +41,7 @@ class DataBundle:
     num_classes: int | None
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    val_groups: torch.Tensor | None = None
 
     @property
     def has_labels(self) -> bool:
@@ -153,8 +156,9 @@ def load_digits_distorted(size: int = 16, seed: int = 0) -> DataBundle:
     y_train = torch.from_numpy(labels[train[kept]])
     y_test = torch.from_numpy(np.tile(labels[test], DISTORTED_TEST_COPIES))
     y_val = torch.from_numpy(np.tile(labels[train[val]], DISTORTED_VALIDATION_COPIES))
+    originals = torch.arange(len(val)).repeat(DISTORTED_VALIDATION_COPIES)
     return DataBundle("digits_distorted", (x_train[kept] - 0.5) / 0.5, y_train, (x_test - 0.5) / 0.5, y_test, 10,
-                      (x_val - 0.5) / 0.5, y_val)
+                      (x_val - 0.5) / 0.5, y_val, originals)
 
 
 def random_data(input_shape: tuple[int, ...], count: int = 256, seed: int = 0) -> DataBundle:

@@ -162,7 +162,8 @@ def _choice_lines(report: dict) -> list[str]:
     if finalists:
         lines += ["", "Finalists, each finetuned from the same weights and scored by "
                   f"{details.get('finalists_ranked_on', 'their loss on held-out samples')}; the gain is over the first "
-                  "row (the lowest calibration loss), paired per held-out sample, with its standard error. The "
+                  "row (the lowest calibration loss), paired per held-out sample (per original, where the split "
+                  "holds copies of each), with its standard error. The "
                   "finalists still close after one finetune were finetuned again with other seeds, and their "
                   "score is the mean over their finetunes.", "",
                   "| finalist from | measured speedup | calibration loss | held-out score after finetune | finetunes | "

@@ -278,6 +278,10 @@ def test_builtin_sets_hold_out_validation_digits_that_nothing_trains_on():
     assert torch.equal(distorted.y_val, plain.y_val.repeat(DISTORTED_VALIDATION_COPIES))
     assert not torch.equal(distorted.x_val[:n_val], distorted.x_val[n_val:2 * n_val])
     assert not _rows(distorted.x_val) & _rows(distorted.x_train)
+    # each validation original is named, so standard errors can be taken over originals, not copies
+    assert plain.val_groups is None
+    assert torch.equal(torch.bincount(distorted.val_groups), torch.full((n_val,), DISTORTED_VALIDATION_COPIES))
+    assert torch.equal(distorted.y_val, plain.y_val[distorted.val_groups])
 
 
 def test_digits_distorted_is_harder_than_digits():

@@ -12,7 +12,7 @@ from deploycompress.graph import GroupGraph
 from deploycompress.importance import keep_top
 from deploycompress.recipe import build_config
 from deploycompress.stages.prune import (FINALIST_LOSS_WEIGHT, _loss_objective, calibration_loss_fn, finalist_epochs,
-                                        finalist_samples, finetuned_loss_fn)
+                                        finalist_samples, finetuned_loss_fn, per_original)
 
 
 def _plans(count: int) -> list[tuple[float, float | None, dict[str, int]]]:
@@ -209,6 +209,29 @@ def test_finalists_are_ranked_on_the_validation_split_and_finetuned_on_all_the_t
     graph = GroupGraph(ctx.model, ctx.example_input)
     plan = {g.name: keep_top(torch.rand(g.channels), g.channels // 2) for g in graph.groups}
     assert finetuned_loss_fn(ctx, graph)(plan).shape == (40,)
+
+
+def test_per_original_scores_average_each_originals_copies_and_keep_the_mean():
+    scores = np.array([1.0, 0.0, 1.0, 0.0, 0.5, 0.0])
+    groups = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert np.allclose(per_original(scores, groups), [0.5, 0.25, 0.5])
+    assert per_original(scores, groups).mean() == pytest.approx(scores.mean())
+    assert per_original(scores, None) is scores
+
+
+def test_finalists_on_a_split_of_copies_are_scored_per_original(tmp_path, monkeypatch):
+    """With `val_groups` the finetuned loss has one entry per original, the mean of its copies' scores,
+    so choose_plan's standard errors are over originals (copies of one are scored alike more often)."""
+    ctx = _context(tmp_path, monkeypatch, validation=40, epochs=3, select_epochs=1)
+    graph = GroupGraph(ctx.model, ctx.example_input)
+    torch.manual_seed(2)
+    plan = {g.name: keep_top(torch.rand(g.channels), g.channels // 2) for g in graph.groups}
+    per_copy = finetuned_loss_fn(ctx, graph)(plan)
+    ctx.data.val_groups = torch.arange(20).repeat(2)  # 20 originals, each validated twice
+    per_digit = finetuned_loss_fn(ctx, graph)(plan)
+    assert per_copy.shape == (40,) and per_digit.shape == (20,)
+    assert np.allclose(per_digit, (per_copy[:20] + per_copy[20:]) / 2, rtol=1e-5)  # same seed: same finetune
+    assert "(40 samples of 20 originals, scored per original" in finalist_samples(ctx)[3]
 
 
 def test_finalists_finetune_as_long_as_the_finetune_unless_told(tmp_path, monkeypatch):
