@@ -23,12 +23,18 @@ def default_run_dir(config: RunConfig) -> Path:
 
 
 def _read_manifest(run_dir: Path, config: RunConfig) -> dict:
+    """The manifest of the run to resume; a fresh one, said in a line, when there is none to read (a
+    user who typed --resume expects stages restored and should learn why they all run)."""
     path = run_dir / MANIFEST
     if not path.is_file():
+        print(f"resume: {run_dir} holds no run ({MANIFEST} is missing); starting a fresh run there")
         return {"config": config.to_dict(), "stages": {}}
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("stages"), dict) and "config" in manifest):
+        print(f"resume: {path} is not a run manifest; starting a fresh run in {run_dir}")
         return {"config": config.to_dict(), "stages": {}}
     return manifest
 

@@ -260,3 +260,16 @@ def test_resume_refuses_other_settings(session, uninterrupted):
     assert result.stderr.strip().splitlines() == [
         f"deploycompress: error: {session.root / 'R'} holds a run with different settings; "
         "resume with the same options or use a new --out"]
+
+
+@pytest.mark.parametrize("manifest", [None, "{not json", "[1, 2]", '{"stages": {}}'])
+def test_resume_without_a_run_to_resume_says_it_starts_fresh(tmp_path, capsys, manifest):
+    from deploycompress.pipeline import _read_manifest
+    from deploycompress.recipe import build_config
+
+    if manifest is not None:
+        (tmp_path / "manifest.json").write_text(manifest)
+    config = build_config(None, {"out": str(tmp_path)})
+    assert _read_manifest(tmp_path, config) == {"config": config.to_dict(), "stages": {}}
+    said = capsys.readouterr().out
+    assert said.startswith("resume: ") and "starting a fresh run" in said
