@@ -40,7 +40,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, run_pinned, run_quietly, write_results
+from common import RESULTS, run_pinned, run_quietly, usable_cores, write_results
 
 from deploycompress.errors import TargetUnreachable
 from deploycompress.recipe import build_config
@@ -264,8 +264,8 @@ def main() -> None:
                              "(at most the cores this process may use; default: %(default)s)")
     parser.add_argument("--records-to", metavar="PATH", help=argparse.SUPPRESS)  # a --jobs worker's records
     args = parser.parse_args()
-    if args.jobs < 1:
-        parser.error("--jobs must be at least 1")
+    if not 1 <= args.jobs <= len(usable_cores()):
+        parser.error(f"--jobs must be between 1 and the {len(usable_cores())} core(s) this process may use")
     if args.finetune_repeats < 1:
         parser.error("--finetune-repeats must be at least 1")
     if args.select_epochs is not None and args.select_epochs < 0:

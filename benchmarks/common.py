@@ -39,14 +39,18 @@ def run_quietly(config) -> tuple[dict, float]:
     return report, time.perf_counter() - start
 
 
+def usable_cores() -> list[int]:
+    """The cores this process may run on (its affinity, which taskset or a container may narrow)."""
+    return sorted(os.sched_getaffinity(0))
+
+
 def run_pinned(commands: list[list[str]], jobs: int) -> list[int]:
     """Run each command (an argv) in its own process, at most `jobs` at once, each pinned to a core of
-    its own with one intra-op thread; returns their exit codes in order. Why pinned: two processes
-    that share a core time each other's slices, and a latency measured that way is not the runtime's.
-    Each process still measures its speedups side by side within itself."""
-    cores = sorted(os.sched_getaffinity(0))
-    if jobs > len(cores):
-        raise SystemExit(f"--jobs {jobs}: this process may use {len(cores)} core(s); give at most that")
+    its own with one intra-op thread (`jobs` at most `usable_cores()`); returns their exit codes in
+    order. Why pinned: two processes that share a core time each other's slices, and a latency
+    measured that way is not the runtime's. Each process still measures its speedups side by side
+    within itself."""
+    cores = usable_cores()
     free, running, codes = cores[:jobs], {}, [0] * len(commands)
     pending = list(enumerate(commands))
     while pending or running:

@@ -22,20 +22,24 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{name}-{config.target_speedup:g}x"
 
 
+def _new_manifest(config: RunConfig) -> dict:
+    return {"config": config.to_dict(), "stages": {}}
+
+
 def _read_manifest(run_dir: Path, config: RunConfig) -> dict:
     """The manifest of the run to resume; a fresh one, said in a line, when there is none to read (a
     user who typed --resume expects stages restored and should learn why they all run)."""
     path = run_dir / MANIFEST
     if not path.is_file():
         print(f"resume: {run_dir} holds no run ({MANIFEST} is missing); starting a fresh run there")
-        return {"config": config.to_dict(), "stages": {}}
+        return _new_manifest(config)
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         manifest = None
     if not (isinstance(manifest, dict) and isinstance(manifest.get("stages"), dict) and "config" in manifest):
         print(f"resume: {path} is not a run manifest; starting a fresh run in {run_dir}")
-        return {"config": config.to_dict(), "stages": {}}
+        return _new_manifest(config)
     return manifest
 
 
@@ -72,7 +76,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, stages: list[Stage] | 
     stages = stages or default_stages()
     started = time.perf_counter()
     try:
-        manifest = _read_manifest(run_dir, config) if resume else {"config": config.to_dict(), "stages": {}}
+        manifest = _read_manifest(run_dir, config) if resume else _new_manifest(config)
         # Compared as JSON reads it back (tuples such as input_shape come back as lists).
         if resume and manifest["config"] != json.loads(json.dumps(config.to_dict())):
             raise UserError(f"{run_dir} holds a run with different settings; resume with the same options or use a "

@@ -159,7 +159,7 @@ def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan, int
             masks.remove()
             ctx.model.load_state_dict(saved)
             ctx.model.eval()
-        return per_original(objective(logits).numpy().astype(np.float64), groups)
+        return per_original(objective(logits).numpy(), groups)
 
     return loss
 
