@@ -6,6 +6,8 @@ TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 TARGET ?= 2x
 OUT ?= runs/default
+# allocation.py's seeds side by side, one worker per core (make bench BENCH_JOBS=2); 1 leaves a core free
+BENCH_JOBS ?= 1
 
 .PHONY: install run test bench release clean
 
@@ -27,7 +29,8 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 bench: install
-	cd benchmarks && ../$(BIN)/python latency_table.py && ../$(BIN)/python targets.py && ../$(BIN)/python allocation.py
+	cd benchmarks && ../$(BIN)/python latency_table.py && ../$(BIN)/python targets.py \
+		&& ../$(BIN)/python allocation.py --jobs $(BENCH_JOBS)
 
 release: install
 	$(BIN)/deploycompress run pipelines/resnet_digits.toml --out runs/release

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -98,7 +99,9 @@ class Workspace:
         good = root / "good.pt"
         torch.save(namespace["Net"]().state_dict(), good)
         torch.save(namespace["Net"](width=32).state_dict(), root / "other_model.pt")
-        (root / "corrupt.pt").write_bytes(os.urandom(4096))
+        (root / "corrupt.pt").write_bytes(random.Random(0).randbytes(4096))
+        # 0x80 then a byte reads as "pickle protocol 153": torch warns before it fails
+        (root / "corrupt_pickle_header.pt").write_bytes(b"\x80\x99" + random.Random(1).randbytes(4094))
         (root / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
         (root / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
         torch.save([1, 2, 3], root / "not_a_state_dict.pt")
@@ -237,6 +240,8 @@ CASES = [
     # the weights
     Case("weights-of-another-model", lambda w: user(w, "--weights", w.root / "other_model.pt"), r"weights do not match the model: .*size mismatch"),
     Case("weights-corrupted", lambda w: user(w, "--weights", w.root / "corrupt.pt"), r"corrupt\.pt: cannot read weights"),
+    Case("weights-corrupted-pickle-header", lambda w: user(w, "--weights", w.root / "corrupt_pickle_header.pt"),
+         r"corrupt_pickle_header\.pt: cannot read weights"),
     Case("weights-truncated", lambda w: user(w, "--weights", w.root / "truncated.pt"), r"truncated\.pt: cannot read weights"),
     Case("weights-safetensors-corrupted", lambda w: user(w, "--weights", w.root / "corrupt.safetensors"), r"cannot read weights"),
     Case("weights-not-a-state-dict", lambda w: user(w, "--weights", w.root / "not_a_state_dict.pt"), r"expected a state_dict"),

@@ -203,8 +203,8 @@ def test_finetuned_loss_trains_a_copy_of_the_masked_model_and_restores_the_weigh
 
 def test_finalists_are_ranked_on_the_validation_split_and_finetuned_on_all_the_training_data(tmp_path, monkeypatch):
     ctx = _context(tmp_path, monkeypatch, validation=40, epochs=3, select_epochs=1)
-    x, labels, train_on, described = finalist_samples(ctx)
-    assert torch.equal(x, ctx.data.x_val) and torch.equal(labels, ctx.data.y_val)
+    x, labels, train_on, groups, described = finalist_samples(ctx)
+    assert torch.equal(x, ctx.data.x_val) and torch.equal(labels, ctx.data.y_val) and groups is None
     assert train_on is ctx.data and "validation split (40 samples" in described
     graph = GroupGraph(ctx.model, ctx.example_input)
     plan = {g.name: keep_top(torch.rand(g.channels), g.channels // 2) for g in graph.groups}
@@ -231,7 +231,9 @@ def test_finalists_on_a_split_of_copies_are_scored_per_original(tmp_path, monkey
     per_digit = finetuned_loss_fn(ctx, graph)(plan)
     assert per_copy.shape == (40,) and per_digit.shape == (20,)
     assert np.allclose(per_digit, (per_copy[:20] + per_copy[20:]) / 2, rtol=1e-5)  # same seed: same finetune
-    assert "(40 samples of 20 originals, scored per original" in finalist_samples(ctx)[3]
+    samples = finalist_samples(ctx)
+    assert samples.groups is ctx.data.val_groups
+    assert "(40 samples of 20 originals, scored per original" in samples.description
 
 
 def test_finalists_finetune_as_long_as_the_finetune_unless_told(tmp_path, monkeypatch):
@@ -256,8 +258,8 @@ def test_the_finalist_score_counts_errors_first_and_breaks_ties_by_loss(tmp_path
 def test_without_a_validation_split_finalists_are_ranked_on_calibration_samples_left_out_of_their_finetune(
         tmp_path, monkeypatch):
     ctx = _context(tmp_path, monkeypatch, epochs=3)
-    x, labels, train_on, described = finalist_samples(ctx)
-    assert torch.equal(x, ctx.calibration) and torch.equal(labels, ctx.data.y_train[:48])
+    x, labels, train_on, groups, described = finalist_samples(ctx)
+    assert torch.equal(x, ctx.calibration) and torch.equal(labels, ctx.data.y_train[:48]) and groups is None
     assert torch.equal(train_on.x_train, ctx.data.x_train[48:]) and "may have trained on them" in described
 
 

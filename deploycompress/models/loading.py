@@ -15,6 +15,7 @@ import inspect
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -126,22 +127,30 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    # Why the warnings are held back: a corrupt file can make torch warn before it fails (random bytes
+    # that start with 0x80 read as "pickle protocol N"), and the user should get the one error line.
+    # A file that loads gets its warnings shown after all.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling refusals, truncation, corruption
-        text = str(exc)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if refused:
-            raise UserError(f"{path}: refused to load: the file contains pickled code or objects ({refused.group(1)}), "
-                            "which are never executed; save a plain state_dict (torch.save(model.state_dict())) "
-                            "or .safetensors") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)  # torch's own first line is generic
-        raise UserError(f"{path}: cannot read weights ({detail.group(1)[:200] if detail else _first_line(exc)})") from None
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - unpickling refusals, truncation, corruption
+            text = str(exc)
+            refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            if refused:
+                raise UserError(f"{path}: refused to load: the file contains pickled code or objects "
+                                f"({refused.group(1)}), which are never executed; save a plain state_dict "
+                                "(torch.save(model.state_dict())) or .safetensors") from None
+            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)  # torch's own first line is generic
+            raise UserError(f"{path}: cannot read weights "
+                            f"({detail.group(1)[:200] if detail else _first_line(exc)})") from None
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if isinstance(state, dict):
         for key in _STATE_DICT_KEYS:
             if isinstance(state.get(key), dict):

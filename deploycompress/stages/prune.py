@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -66,29 +66,38 @@ def _calibration_objective(ctx: RunContext) -> Callable[[torch.Tensor], torch.Te
     return _loss_objective(ctx, x, ctx.data.y_train[: len(x)] if ctx.data.has_labels else None)
 
 
-def finalist_samples(ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None, DataBundle, str]:
-    """(inputs, labels or None, data to finetune on, a description for the report) of SPDY's finalist
-    ranking. The data's validation split where it has one, with the whole training split to finetune
-    on. Why: the dense model trained on every training sample and each finalist starts from its
-    weights, so on training samples the plans that keep the most of the dense function look best
-    whether or not they finetune best (vgg_digits 3x, seed 0: the plan a wide last conv kept had held-out
-    loss 0.053 against uniform's 0.087, and test loss 0.163 against 0.156). Without one, the first
-    FINALIST_HELD_OUT calibration samples, left out of the finalists' finetune."""
+class FinalistSamples(NamedTuple):
+    """What SPDY's finalists are finetuned on and scored on (`finalist_samples`)."""
+    inputs: torch.Tensor
+    labels: torch.Tensor | None
+    train_on: DataBundle  # the data each finalist's short finetune trains on
+    groups: torch.Tensor | None  # which original each input copies (`per_original`); None: all distinct
+    description: str  # for the report
+
+
+def finalist_samples(ctx: RunContext) -> FinalistSamples:
+    """The samples of SPDY's finalist ranking: the data's validation split where it has one, with the
+    whole training split to finetune on. Why: the dense model trained on every training sample and each
+    finalist starts from its weights, so on training samples the plans that keep the most of the dense
+    function look best whether or not they finetune best (vgg_digits 3x, seed 0: the plan a wide last
+    conv kept had held-out loss 0.053 against uniform's 0.087, and test loss 0.163 against 0.156).
+    Without one, the first FINALIST_HELD_OUT calibration samples, left out of the finalists' finetune."""
     data = ctx.data
     scored = (f"errors + {FINALIST_LOSS_WEIGHT:g} x cross-entropy after a {finalist_epochs(ctx):g}-epoch finetune"
               if data.has_labels else f"distillation loss after a {finalist_epochs(ctx):g}-epoch finetune")
     if data.has_validation:
         copies = ("" if data.val_groups is None else
                   f" of {len(torch.unique(data.val_groups))} originals, scored per original")
-        return (data.x_val, data.y_val if data.has_labels else None, data,
-                f"{scored}, on the validation split ({len(data.x_val)} samples{copies}, not trained on)")
+        return FinalistSamples(data.x_val, data.y_val if data.has_labels else None, data, data.val_groups,
+                               f"{scored}, on the validation split ({len(data.x_val)} samples{copies}, "
+                               "not trained on)")
     held_out = ctx.calibration[:FINALIST_HELD_OUT]
     rest = DataBundle(data.name, data.x_train[len(held_out):],
                       None if data.y_train is None else data.y_train[len(held_out):],
                       data.x_test, data.y_test, data.num_classes)
-    return (held_out, data.y_train[: len(held_out)] if data.has_labels else None, rest,
-            f"{scored}, on the first {len(held_out)} calibration samples, left out of the finalists' finetune "
-            "(no validation split: the dense model may have trained on them)")
+    return FinalistSamples(held_out, data.y_train[: len(held_out)] if data.has_labels else None, rest, None,
+                           f"{scored}, on the first {len(held_out)} calibration samples, left out of the "
+                           "finalists' finetune (no validation split: the dense model may have trained on them)")
 
 
 def calibration_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan], float]:
@@ -126,24 +135,25 @@ def per_original(scores: np.ndarray, groups: torch.Tensor | None) -> np.ndarray:
 
 def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan, int], np.ndarray] | None:
     """Score per held-out sample (`finalist_samples`; per original, `per_original`, where the validation
-    split holds copies) of the model masked to a plan after a finetune
-    (`finalist_epochs`), from the same weights for every plan, with the run's seed (repeat 0) or another
-    (repeat k: FINALIST_REPEAT_SEED_STEP apart); the weights are restored afterwards. With labels the loss is the misclassification plus FINALIST_LOSS_WEIGHT times the
-    cross-entropy; without, distillation against the dense model. None when no finetune follows the
-    prune stage (the calibration loss is then the right criterion) or when nothing is left to train on.
+    split holds copies) of the model masked to a plan after a finetune (`finalist_epochs`), from the same
+    weights for every plan, with the run's seed (repeat 0) or another (repeat k: FINALIST_REPEAT_SEED_STEP
+    apart); the weights are restored afterwards. With labels the loss is the misclassification plus
+    FINALIST_LOSS_WEIGHT times the cross-entropy; without, distillation against the dense model. None when
+    no finetune follows the prune stage (the calibration loss is then the right criterion) or when nothing
+    is left to train on.
 
     Why: the calibration loss right after pruning ranks plans by how little they break the model, and a
     finetune changes that ranking. On mobilenet_digits at 3x the plan with the lower calibration loss
-    finetuned to lower accuracy (benchmarks/results/allocation_digits.md); which plan recovers best is measured,
-    the way NetAdapt picks among its proposals by short-term finetuned accuracy."""
+    finetuned to lower accuracy (benchmarks/results/allocation_digits.md); which plan recovers best is
+    measured, the way NetAdapt picks among its proposals by short-term finetuned accuracy."""
     epochs = finalist_epochs(ctx)
     if finetune_epochs(ctx) == 0 or epochs <= 0:
         return None
-    held_out, labels, train_on, _ = finalist_samples(ctx)
-    if len(train_on.x_train) == 0:
+    samples = finalist_samples(ctx)
+    if len(samples.train_on.x_train) == 0:
         return None
-    objective = _loss_objective(ctx, held_out, labels, loss_weight=FINALIST_LOSS_WEIGHT, error_weight=1.0)
-    groups = ctx.data.val_groups if ctx.data.has_validation else None
+    objective = _loss_objective(ctx, samples.inputs, samples.labels, loss_weight=FINALIST_LOSS_WEIGHT,
+                                error_weight=1.0)
     finalists = itertools.count(1)
 
     def loss(plan: Plan, repeat: int = 0) -> np.ndarray:
@@ -153,13 +163,14 @@ def finetuned_loss_fn(ctx: RunContext, graph: GroupGraph) -> Callable[[Plan, int
         seed = ctx.config.seed + FINALIST_REPEAT_SEED_STEP * repeat
         try:
             recalibrate_batchnorm(ctx)  # as the prune stage does before the real finetune
-            short_fit(ctx, epochs, seed, description=f"finalist {number} finetune (seed {seed})", data=train_on)
-            logits = predict(ctx.model, held_out)
+            short_fit(ctx, epochs, seed, description=f"finalist {number} finetune (seed {seed})",
+                      data=samples.train_on)
+            logits = predict(ctx.model, samples.inputs)
         finally:
             masks.remove()
             ctx.model.load_state_dict(saved)
             ctx.model.eval()
-        return per_original(objective(logits).numpy(), groups)
+        return per_original(objective(logits).numpy(), samples.groups)
 
     return loss
 
@@ -258,7 +269,7 @@ class PruneStage(Stage):
         # the prediction reported here is an honest out-of-sample figure.
         widths = {name: len(kept) for name, kept in result.plan.items()}
         if result.details.get("finalists"):
-            result.details["finalists_ranked_on"] = finalist_samples(ctx)[3]
+            result.details["finalists_ranked_on"] = finalist_samples(ctx).description
         latency_model = build_latency_model(problem)
         for m in meter.history:
             latency_model.add_measurement(m.widths, m.speedup)
