@@ -13,7 +13,8 @@ policy of a seed starts from the same dense model. The finetuned column is the m
 the plan the finetuned run chose (--finetune-repeats: the run's own, then K-1 from the same pruned
 weights with other seeds): one plan's finetuned accuracy moves by 0.1-0.5 points (stdev) with the
 finetune's seed alone, as much as the policies differ, and a policy comparison should not rest on one
-draw of it. The table shows the mean over seeds; the JSON keeps every run and every finetune.
+draw of it. The table shows the mean over seeds; the JSON keeps every run and every finetune. A seed's
+18 runs take about 1.5 hours on one core: the default five seeds about 7.5 hours, 4.5 with --jobs 2.
 
 The default data is the built-in `digits_distorted` (1,077 test images: one image is 0.09 points), not
 plain `digits`: on plain digits every policy finetunes back to within a test image or two of the dense
@@ -21,9 +22,10 @@ model's 99.7% (results/allocation_digits.md), so which plan is better is decided
 Each cell's verdict also gives spdy's lead over the best other policy, seed by seed, with its
 standard error.
 
-    python benchmarks/allocation.py [--models a,b] [--targets 2,3] [--seeds 0,1,2] [--epochs N] [--data NAME]
+    python benchmarks/allocation.py [--models a,b] [--targets 2,3] [--seeds 0,1,2,3,4] [--epochs N] [--data NAME]
         [--finetune-repeats K]
     python benchmarks/allocation.py --from-json results/allocation.json   # re-summarise, no runs
+    python benchmarks/allocation.py --from-json a.json --from-json b.json   # merge runs of other seeds
     python benchmarks/allocation.py --resume   # after an interruption: runs only the missing records
     python benchmarks/allocation.py --seeds 0,1 --jobs 2   # one seed per core, side by side (--resume works too)
 
@@ -236,7 +238,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet_digits,vgg_digits,mobilenet_digits")
     parser.add_argument("--targets", default="2,3")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--epochs", type=int, default=None, help="finetune epochs (default: the product default)")
     parser.add_argument("--finetune-repeats", type=int, default=5, metavar="K",
                         help="finetune each finetuned run's plan K times (its own seed and K-1 more) and take the "
@@ -249,8 +251,9 @@ def main() -> None:
                              "product default)")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--data", default=DEFAULT_DATA, help="a built-in dataset (default: %(default)s)")
-    parser.add_argument("--from-json", metavar="PATH",
-                        help="re-summarise the records of an earlier run (its JSON) instead of running again")
+    parser.add_argument("--from-json", metavar="PATH", action="append",
+                        help="re-summarise the records of an earlier run (its JSON) instead of running again; "
+                             "given more than once, merge runs of different seeds into one table")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from its partial JSON (written after every record)")
     parser.add_argument("--keep-from", metavar="PATH",
@@ -274,11 +277,14 @@ def main() -> None:
         parser.error("--spdy-min-keep must be between 0 and 1")
     if args.reuse_no_finetune and not args.keep_from:
         parser.error("--reuse-no-finetune takes its records from --keep-from: give both")
-    for path in (args.keep_from, args.from_json):
+    for path in (args.keep_from, *(args.from_json or [])):
         if path and not Path(path).is_file():
             parser.error(f"{path}: no such file")
     if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
+        try:
+            saved = merge_saved([json.loads(Path(path).read_text()) for path in args.from_json])
+        except ValueError as error:
+            parser.error(str(error))
         records = saved["records"]
         models = list(dict.fromkeys(r["model"] for r in records))
         policies = list(dict.fromkeys(r["policy"] for r in records))
@@ -376,6 +382,35 @@ def _baseline_agreement_lines(records: list[dict]) -> list[str]:
         lines.append(f"spdy weighed the plan --policy {label} shipped in {len(pairs) - len(differ)}/{len(pairs)} runs"
                      + (f" (not: {', '.join(differ)})" if differ else ""))
     return lines
+
+
+def merge_saved(runs: list[dict]) -> dict:
+    """One saved result from the JSONs of runs over different seeds (same targets). A run of seeds 3,4
+    added to one of seeds 0,1,2 need not have run on the same machine: every record's speedups were
+    measured side by side within its own run, so its policies compare fairly, and `environment.machines`
+    keeps each run's machine with its seeds (the summary fields name both)."""
+    if len(runs) == 1:
+        return runs[0]
+    seen: set[int] = set()
+    for run in runs:
+        if run["targets"] != runs[0]["targets"]:
+            raise ValueError(f"the runs have different targets ({runs[0]['targets']} and {run['targets']}): merge "
+                             "only runs of the same targets")
+        if seen & set(run["seeds"]):
+            raise ValueError(f"seed(s) {sorted(seen & set(run['seeds']))} appear in more than one run: merge only "
+                             "runs of different seeds")
+        seen |= set(run["seeds"])
+    machines = [machine for run in runs
+                for machine in run["environment"].get("machines", [{"seeds": run["seeds"], **run["environment"]}])]
+    environment = {"machines": machines}
+    for key in ("python", "torch", "onnxruntime", "cores", "cpu", "date"):
+        values = list(dict.fromkeys(str(m[key]) for m in machines))
+        environment[key] = (machines[0][key] if len(values) == 1 else " and ".join(
+            f"{m[key]} (seeds {','.join(map(str, m['seeds']))})" for m in machines))
+    environment["isa"] = [isa for isa in machines[0]["isa"] if all(isa in m["isa"] for m in machines)]
+    return {"environment": environment, "records": [r for run in runs for r in run["records"]],
+            "targets": runs[0]["targets"], "seeds": [s for run in runs for s in run["seeds"]],
+            "failures": [f for run in runs for f in run.get("failures", [])]}
 
 
 def report(records: list[dict], models: list[str], targets: list[float], policies: list[str], seeds: list[int],
