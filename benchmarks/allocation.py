@@ -282,7 +282,7 @@ def main() -> None:
             parser.error(f"{path}: no such file")
     if args.from_json:
         try:
-            saved = merge_saved([json.loads(Path(path).read_text()) for path in args.from_json])
+            saved = merge_saved([load_saved(Path(path)) for path in args.from_json])
         except ValueError as error:
             parser.error(str(error))
         records = saved["records"]
@@ -382,6 +382,21 @@ def _baseline_agreement_lines(records: list[dict]) -> list[str]:
         lines.append(f"spdy weighed the plan --policy {label} shipped in {len(pairs) - len(differ)}/{len(pairs)} runs"
                      + (f" (not: {', '.join(differ)})" if differ else ""))
     return lines
+
+
+SAVED_KEYS = ("environment", "records", "targets", "seeds")
+
+
+def load_saved(path: Path) -> dict:
+    """An earlier run's results JSON (what `report` writes); ValueError naming the file when it is not one."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{path}: not readable as JSON ({error})") from None
+    missing = [key for key in SAVED_KEYS if key not in saved] if isinstance(saved, dict) else list(SAVED_KEYS)
+    if missing:
+        raise ValueError(f"{path}: not this benchmark's results JSON (no {', '.join(missing)})")
+    return saved
 
 
 def merge_saved(runs: list[dict]) -> dict:
