@@ -37,6 +37,7 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
             "ratio_spread": comparison.get("ratio_spread"),
             "trusted": latency.get("trusted"),
             "attempts": latency.get("attempts"),
+            "sessions": latency.get("sessions"),  # fresh session pairs behind the median
             "predicted": prune.get("predicted_speedup"),
             "macs_ratio": _ratio(ctx.report.get("macs", {})),
             # [target, target x (1 + prune.max_overshoot)]: faster than the allowance costs accuracy the

@@ -108,7 +108,7 @@ def profile_with(monkeypatch, tmp_path: Path, results: list[runtime.Comparison],
     monkeypatch.setattr(runtime, "make_session", lambda *args, **kwargs: object())
     monkeypatch.setattr(runtime, "random_feed", lambda *args, **kwargs: {})
     monkeypatch.setattr(runtime, "compare", fake_compare)
-    config = build_config(None, {"target_speedup": target, "profile": {"rounds": 5}})
+    config = build_config(None, {"target_speedup": target, "profile": {"rounds": 5, "sessions": 1}})
     x = torch.zeros(4, 1, 16, 16)
     ctx = SimpleNamespace(config=config, run_dir=tmp_path, report={}, resolves=[],
                           data=DataBundle("digits", x, None, x, None, None))

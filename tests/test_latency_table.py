@@ -138,24 +138,41 @@ def test_attention_heads_are_operators_timed_as_the_whole_module():
     assert times[two_heads.key()] > 0  # the module's nodes were found under its scope and summed
 
 
-def test_latency_model_corrects_its_offset_from_plans_of_similar_shape():
+def test_latency_model_learns_each_operators_own_factor_from_measured_plans():
     from deploycompress.allocation.latency_model import LatencyModel
 
-    # Two groups, one linear operator each: time proportional to width (in x out, out fixed at 1).
+    # Two groups, one linear operator each; the table says 0.01 ms per channel for both.
     ops = [Operator(name, OpSignature("linear", 1, 64, 1, (), ()), [name], []) for name in ("a", "b")]
     curves = {name: OperatorCurve([(8.0, 0.08), (64.0, 0.64)]) for name in ("a", "b")}
-    model = LatencyModel(ops, curves, {"a": 64, "b": 64}, dense_ms=1.28)
-    # Plans that cut group a run 0.1 ms slower than their operators add up to; plans that cut b, 0.1 faster.
-    for a, b, gap in [(16, 64, 0.1), (24, 64, 0.1), (64, 16, -0.1), (64, 24, -0.1)]:
-        ms = (a + b) * 0.01 + gap
-        model.add_measurement({"a": a, "b": b}, 1.28 / ms)
-    near_a = model.predict_ms({"a": 20, "b": 64})
-    near_b = model.predict_ms({"a": 64, "b": 20})
-    assert near_a == pytest.approx(0.84 + 0.1, abs=0.03)
-    assert near_b == pytest.approx(0.84 - 0.1, abs=0.03)
-    # Leaving a plan's own measurement out, its neighbour (a at 24, not 16) still moves the prediction
-    # more than halfway from the operator sum (0.80) towards the truth (0.90).
-    assert 0.85 < model.predict_ms_excluding({"a": 16, "b": 64}) < 0.91
+
+    # In the model, operator a runs 1.5x its table time and b 0.7x, plus 0.2 ms of overhead.
+    def truth(a, b):
+        return 0.2 + 0.015 * a + 0.007 * b
+
+    dense_ms = truth(64, 64)
+    model = LatencyModel(ops, curves, {"a": 64, "b": 64}, dense_ms=dense_ms)
+    for a, b in [(16, 64), (32, 64), (48, 64), (64, 16), (64, 32), (64, 48), (32, 32)]:
+        model.add_measurement({"a": a, "b": b}, dense_ms / truth(a, b))
+    unseen = {"a": 24, "b": 56}
+    line = model.offset + model.scale * model.operator_sum(unseen)
+    assert abs(line / truth(24, 56) - 1) > 0.04  # one line through the operator sum cannot tell a from b
+    assert model.predict_ms(unseen) == pytest.approx(truth(24, 56), rel=0.02)
+    assert model.predict_ms({"a": 56, "b": 24}) == pytest.approx(truth(56, 24), rel=0.02)
+    # Leaving a measured plan out, the others still predict it.
+    assert model.predict_ms_excluding({"a": 32, "b": 32}) == pytest.approx(truth(32, 32), rel=0.03)
+
+
+def test_latency_model_without_measurements_is_the_table_plus_the_dense_offset():
+    from deploycompress.allocation.latency_model import LatencyModel
+
+    ops = [Operator(name, OpSignature("linear", 1, 64, 1, (), ()), [name], []) for name in ("a", "b")]
+    curves = {name: OperatorCurve([(8.0, 0.08), (64.0, 0.64)]) for name in ("a", "b")}
+    model = LatencyModel(ops, curves, {"a": 64, "b": 64}, dense_ms=1.5)
+    assert model.predict_ms({}) == pytest.approx(1.5)
+    assert model.predict_ms({"a": 32, "b": 64}) == pytest.approx(1.5 - 0.32)
+    model.add_measurement({"a": 32, "b": 64}, 1.5 / 1.0)  # one measured plan: the line through both points
+    assert model.predict_ms({"a": 32, "b": 64}) == pytest.approx(1.0)
+    assert model.predict_ms_excluding({"a": 32, "b": 64}) == pytest.approx(1.5 - 0.32)
 
 
 def test_a_cached_table_rebuilds_nothing_for_widths_off_the_runtime_block(tmp_path):

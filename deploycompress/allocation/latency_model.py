@@ -10,25 +10,30 @@ from ..onnx_export import export_bytes
 from ..progress import bar as progress_bar
 
 LADDER = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
-# Local offset correction: a measured plan's residual weighs LOCAL_FLOOR + exp(-(d / LOCAL_SCALE)^2),
-# d = mean |difference in keep fraction| between it and the plan predicted.
-LOCAL_SCALE = 0.08
-LOCAL_FLOOR = 0.05
+# Ridge penalty on the per-operator corrections, as a fraction of the mean variance of an operator's time
+# over the measured plans (so it does not depend on the model's size or speed). Chosen on the measured
+# candidates of five saved runs on an Intel Xeon (resnet, vgg and mobilenet on digits; 21-40 plans each):
+# leave-one-out median error 2.4-6.4% against 3.8-7.2% for the former shape-local offset fit, and the
+# chosen plan against its profile 0.3-9.9% against 3.3-14.1%; 0.003 and 0.03 were within 1 point of it.
+OPERATOR_RIDGE = 0.01
 
 
 class LatencyModel:
-    """latency(plan) = a + b * sum(operator times at plan), with (a, b) fitted to whole-model measurements.
+    """latency(plan) = a + b * sum(operator times at plan) + sum(d_op * operator time at plan), fitted
+    to whole-model measurements.
 
     The operator times come from the model itself (profiled in context), so before any candidate is
     measured the fit is a = measured dense latency - sum(dense operator times) (what the operators do
-    not account for: session overhead, pooling, reorders) and b = 1. Each measured candidate refits
-    (a, b) by least squares, which absorbs whatever the profiler's own overhead distorts.
+    not account for: session overhead, pooling, reorders) and b = 1, d = 0. Each measured candidate
+    refits: (a, b) by least squares on the operator sum, then the per-operator corrections d by ridge
+    regression on what the line leaves over, shrunk toward zero (OPERATOR_RIDGE).
 
-    The fit is local: each prediction weighs the measured plans by how close their widths are to the
-    plan asked about. The operator table adds operators up one at a time, and how far that is off
-    depends on the plan's shape (two neighbouring groups cut hard interact; ORT's kernel choice moves
-    with the widths): measured here, a fit to the DP's sharply shaped plans predicted a uniform plan
-    18% slow, while plans of similar shape agreed within 2-3%.
+    Why per operator: the table adds operators up one at a time from a ladder of *uniform* plans, and
+    each operator's in-context time at a non-uniform plan is off by its own factor (ORT's kernel choice
+    and NCHWc reorders move with its input and output widths separately). One line through every plan
+    then predicted a plan of another shape 10-15% off (resnet_digits 1.5x on a Xeon: a global-ranking
+    plan predicted 1.42x, measured 1.55x), which per-operator factors learned from the DP's own measured
+    plans absorb.
     """
 
     def __init__(self, operators: list[Operator], curves: dict[str, OperatorCurve], group_channels: dict[str, int],
@@ -38,10 +43,25 @@ class LatencyModel:
         self.group_channels = group_channels  # in units (channels, channel sets of a grouped conv, heads)
         self.unit_sizes = unit_sizes or {}
         self.dense_ms = dense_ms
-        self.dense_sum = self.operator_sum({})
-        self.points: list[tuple[float, float]] = [(self.dense_sum, dense_ms)]
+        dense_times = self.operator_times({})
+        self.dense_sum = float(dense_times.sum())
+        self.times: list[np.ndarray] = [dense_times]  # per measured point: every operator's table time
+        self.latencies: list[float] = [dense_ms]
         self.shapes: list[np.ndarray] = [self._shape({})]  # keep fraction of every group, per point
-        self.offset, self.scale = dense_ms - self.dense_sum, 1.0
+        self._fit = _fit(self.times, self.latencies)
+
+    @property
+    def points(self) -> list[tuple[float, float]]:
+        """(operator sum, measured ms) of every point the model is fitted to, dense first."""
+        return [(float(t.sum()), y) for t, y in zip(self.times, self.latencies)]
+
+    @property
+    def offset(self) -> float:
+        return self._fit.offset
+
+    @property
+    def scale(self) -> float:
+        return self._fit.scale
 
     def _op_ms(self, op: Operator, removed: dict[str, int]) -> float:
         return self.curves[op.name](widths_signature(op, removed).cost_coordinate())
@@ -50,44 +70,32 @@ class LatencyModel:
         """Root channels each group loses at these widths (widths are in units)."""
         return {g: (self.group_channels[g] - w) * self.unit_sizes.get(g, 1) for g, w in widths.items()}
 
-    def operator_sum(self, widths: dict[str, int]) -> float:
+    def operator_times(self, widths: dict[str, int]) -> np.ndarray:
         removed = self.removed(widths)
-        return sum(self._op_ms(op, removed) for op in self.operators)
+        return np.array([self._op_ms(op, removed) for op in self.operators])
+
+    def operator_sum(self, widths: dict[str, int]) -> float:
+        return float(self.operator_times(widths).sum())
 
     def _shape(self, widths: dict[str, int]) -> np.ndarray:
         return np.array([widths.get(g, c) / c for g, c in sorted(self.group_channels.items())])
 
     def add_measurement(self, widths: dict[str, int], speedup: float) -> None:
         """Record a whole-model measurement (as a speedup over dense, which is drift-free) and refit."""
-        self.points.append((self.operator_sum(widths), self.dense_ms / speedup))
+        self.times.append(self.operator_times(widths))
+        self.latencies.append(self.dense_ms / speedup)
         self.shapes.append(self._shape(widths))
-        self.offset, self.scale = fit_affine(self.points)
-
-    def _local_fit(self, widths: dict[str, int], exclude_own: bool = False) -> tuple[float, float]:
-        shape = self._shape(widths)
-        distance = np.array([np.abs(s - shape).mean() for s in self.shapes])
-        keep = distance > 1e-9 if exclude_own else np.ones(len(distance), dtype=bool)
-        if not keep.any():
-            keep[0] = True
-        points = [p for p, k in zip(self.points, keep) if k]
-        # The line (a, b) from every point; then its offset corrected by the residuals of the plans
-        # nearest in shape (within a few % of keep fraction they count fully; distant ones, whose
-        # residuals average out, keep the correction small). Nearby plans have nearly the same operator
-        # sum, so they would pin an offset well but a slope badly. With every point kept, the line is the
-        # one add_measurement already fitted (this runs on every prediction the DP's aim search makes).
-        offset, scale = fit_affine(points) if exclude_own else (self.offset, self.scale)
-        residuals = np.array([y - (offset + scale * x) for x, y in points])
-        weights = LOCAL_FLOOR + np.exp(-(distance[keep] / LOCAL_SCALE) ** 2)
-        return offset + float(np.average(residuals, weights=weights)), scale
+        self._fit = _fit(self.times, self.latencies)
 
     def predict_ms(self, widths: dict[str, int]) -> float:
-        offset, scale = self._local_fit(widths)
-        return offset + scale * self.operator_sum(widths)
+        return self._fit(self.operator_times(widths))
 
     def predict_ms_excluding(self, widths: dict[str, int]) -> float:
         """Prediction from a fit that leaves out this plan's own measurements: an honest error figure."""
-        offset, scale = self._local_fit(widths, exclude_own=True)
-        return offset + scale * self.operator_sum(widths)
+        shape = self._shape(widths)
+        keep = [i for i, s in enumerate(self.shapes) if i == 0 or np.abs(s - shape).mean() > 1e-9]
+        fit = _fit([self.times[i] for i in keep], [self.latencies[i] for i in keep])
+        return fit(self.operator_times(widths))
 
     def group_ms(self, group: str, widths: dict[str, int] | None = None) -> float:
         """The group's share of operator time (an operator between two groups counts half to each)."""
@@ -102,6 +110,40 @@ class LatencyModel:
     def unit_times(self, group: str, widths: list[int]) -> list[float]:
         """t[g][k]: the group's share at each candidate width with every other group dense."""
         return [self.group_ms(group, {group: w}) for w in widths]
+
+
+class _Fit:
+    """latency = offset + scale * sum(x) + (x - x_mean) . corrections + residual_mean, x = operator times."""
+
+    def __init__(self, offset: float, scale: float, x_mean: np.ndarray | None = None,
+                 corrections: np.ndarray | None = None, residual_mean: float = 0.0):
+        self.offset, self.scale = offset, scale
+        self.x_mean, self.corrections, self.residual_mean = x_mean, corrections, residual_mean
+
+    def __call__(self, times: np.ndarray) -> float:
+        line = self.offset + self.scale * float(times.sum())
+        if self.corrections is None:
+            return line
+        return line + self.residual_mean + float((times - self.x_mean) @ self.corrections)
+
+
+def _fit(times: list[np.ndarray], latencies: list[float]) -> _Fit:
+    """The line on the operator sum (fit_affine), then per-operator corrections by ridge regression on
+    its residuals; none while fewer than three points or no operator's time varies."""
+    offset, scale = fit_affine([(float(t.sum()), y) for t, y in zip(times, latencies)])
+    if len(times) < 3:
+        return _Fit(offset, scale)
+    x = np.stack(times)
+    residuals = np.asarray(latencies) - (offset + scale * x.sum(axis=1))
+    x_mean = x.mean(axis=0)
+    centred = x - x_mean
+    gram = centred.T @ centred
+    spread = float(np.mean(np.diag(gram)))
+    if spread <= 1e-18:
+        return _Fit(offset, scale)
+    corrections = np.linalg.solve(gram + OPERATOR_RIDGE * spread * np.eye(len(x_mean)),
+                                  centred.T @ (residuals - residuals.mean()))
+    return _Fit(offset, scale, x_mean, corrections, float(residuals.mean()))
 
 
 def fit_affine(points: list[tuple[float, float]]) -> tuple[float, float]:
