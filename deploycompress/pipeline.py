@@ -64,8 +64,8 @@ def _resolve_after_short_profile(ctx: RunContext) -> dict | None:
     if len(ctx.resolves) >= ctx.config.prune.resolve_attempts:
         return None
     shift = (1 + ctx.aim_shift) * (target / measured) * (1 + RESOLVE_EXTRA) - 1
-    print(f"profile: {measured:.2f}x is short of the {target:g}x target; pruning again with the search window "
-          f"raised by {shift:.1%} (prune.resolve_attempts {ctx.config.prune.resolve_attempts})")
+    print(f"profile: {measured:.2f}x is short of the {target:g}x target; pruning again with the search window's "
+          f"goal raised by {shift:.1%} (prune.resolve_attempts {ctx.config.prune.resolve_attempts})")
     return {"measured": measured, "aim_shift": shift}
 
 

@@ -1,5 +1,5 @@
 """Re-solve after a short profile: when the profile stage's trusted figure is short of the target, the
-pipeline prunes again from the dense model with the search window raised by the shortfall, at most
+pipeline prunes again from the dense model with the search window's goal raised by the shortfall, at most
 prune.resolve_attempts times, and the report says so. Stand-in prune and profile stages make the
 readings exact; the window arithmetic is checked on AllocationProblem itself."""
 from __future__ import annotations
@@ -79,7 +79,9 @@ def test_no_resolve_when_met_untrusted_or_switched_off(tmp_path, readings, trust
 def test_aim_shift_raises_the_window_within_the_allowance():
     problem = make_problem(2.0, 0.10)
     assert problem.window == pytest.approx((2.0 * 1.03, 2.0 * 1.07))
-    problem.aim_shift = 0.02
-    assert problem.window == pytest.approx((2.0 * 1.03 * 1.02, 2.0 * 1.07 * 1.02))
+    problem.aim_shift = 0.01  # the goal rises, the ceiling keeps its margin under the allowance
+    assert problem.window == pytest.approx((2.0 * 1.03 * 1.01, 2.0 * 1.07))
+    problem.aim_shift = 0.02  # a window narrower than 2%: the ceiling 2% above the goal
+    assert problem.window == pytest.approx((2.0 * 1.03 * 1.02, 2.0 * 1.03 * 1.02 * 1.02))
     problem.aim_shift = 0.20  # the goal stops just under the allowance, the ceiling at it
     assert problem.window == pytest.approx((2.2 / 1.02, 2.2))

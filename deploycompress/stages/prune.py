@@ -262,7 +262,7 @@ class PruneStage(Stage):
             last = ctx.resolves[-1]
             problem.notes.append(f"pruned again (re-solve {len(ctx.resolves)}): the profile measured "
                                  f"{last['measured']:.2f}x against the {cfg.target_speedup:g}x target, so the "
-                                 f"search window is raised by {last['aim_shift']:.1%}")
+                                 f"search window's goal is raised by {last['aim_shift']:.1%}")
         result = policies.get(cfg.prune.policy)().allocate(problem)
         # Per-group latency and the whole-model prediction, for every policy: the latency model is fitted
         # to every candidate measured during the search except the chosen plan itself, so the error of
