@@ -131,7 +131,7 @@ class ProfileConfig:
     warmup: int = 20
     # The verdict is the median of this many measurements, each in fresh sessions of both models: on a
     # shared Xeon, 160 rounds of the same pair read 1.99-2.08x from one session to the next, and a single
-    # low reading made the run prune again for a faster model (which then overshot the allowance).
+    # low reading makes the run prune again (pipeline re-solve) for a model it did not need.
     sessions: int = 3
 
     def __post_init__(self) -> None:

@@ -217,10 +217,10 @@ class AllocationProblem:
         [target, target * (1 + max_overshoot)], because the profile stage measures the chosen model
         again, separately, and that figure must land inside too. `aim_shift` raises the goal (no
         higher than just under the allowance) but not the ceiling: a re-solve follows a profile figure
-        short of the target, and on a shared machine that was noise more often than a bias (vgg_digits
-        2x on a Xeon: the re-solved plan, searched under a ceiling raised with the goal, profiled at
-        +10.1%; three more such runs at +11.3% to +12.7%). Where the window would be narrower than 2%,
-        the ceiling is 2% above the goal, at most the allowance."""
+        short of the target, which on a shared machine can be noise rather than a bias (vgg_digits 2x
+        on a Xeon: the re-solved plan, searched under a ceiling raised with the goal, profiled at
+        +10.1%). Where the window would be narrower than 2%, the ceiling is 2% above the goal, at most
+        the allowance."""
         allowance = self.target * (1 + self.max_overshoot)
         goal = self.target * (1 + self.margin)
         goal = min(goal * (1 + self.aim_shift), max(goal, allowance / 1.02))

@@ -43,9 +43,7 @@ class LatencyModel:
         self.group_channels = group_channels  # in units (channels, channel sets of a grouped conv, heads)
         self.unit_sizes = unit_sizes or {}
         self.dense_ms = dense_ms
-        dense_times = self.operator_times({})
-        self.dense_sum = float(dense_times.sum())
-        self.times: list[np.ndarray] = [dense_times]  # per measured point: every operator's table time
+        self.times: list[np.ndarray] = [self.operator_times({})]  # per measured point: every operator's table time
         self.latencies: list[float] = [dense_ms]
         self.shapes: list[np.ndarray] = [self._shape({})]  # keep fraction of every group, per point
         self._fit = _fit(self.times, self.latencies)
