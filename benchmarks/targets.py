@@ -43,7 +43,8 @@ def main() -> None:
                       "predicted_speedup": predicted, "met": measured >= target,
                       "overshoot_pct": (measured / target - 1) * 100, "latency_measured_ms": lat_measured,
                       "latency_predicted_ms": lat_predicted, "prediction_error_pct": error,
-                      "speedup_prediction_error_pct": speedup_error, "resolves": len(report["resolves"]),
+                      "speedup_prediction_error_pct": speedup_error,
+                      "resolves": sum(r.get("reason") != "reverted" for r in report["resolves"]),
                       "profile_sessions": report["speedup"].get("sessions"),
                       "macs_ratio": report["speedup"]["macs_ratio"], "seconds": seconds,
                       "candidates": len(report["search"]["candidates"])}

@@ -71,7 +71,8 @@ class PruneConfig:
     # again with the search window raised by the shortfall, at most this many times; 0 ships the first
     # result. The search and the profile measure minutes apart, and on a shared VM a plan the search
     # confirmed inside its window (>= 3.09x) profiled at 2.96x (vgg_digits 3x seed 2,
-    # benchmarks/results/allocation_avx2_before_validation.md).
+    # benchmarks/results/allocation_avx2_before_validation.md). A trusted figure above the allowance
+    # that the search measured inside it also prunes again, measuring afresh (pipeline._resolve_after_profile).
     resolve_attempts: int = 1
 
     def __post_init__(self) -> None:

@@ -29,7 +29,8 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         # An untrusted measurement is never a pass: target_met is null, and `check` fails on it.
         "target_met": None if measured is None or not latency.get("trusted", True)
         else bool(measured >= cfg.target_speedup),
-        # The profile's figures that were short of the target and made the run prune again (newest last).
+        # The profile's figures that made the run prune again (newest last): short of the target, or above
+        # the allowance while the search measured inside it ('reason'); 'reverted' when the overshot attempt shipped.
         "resolves": list(ctx.resolves),
         "speedup": {
             "measured": measured,

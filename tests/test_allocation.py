@@ -218,6 +218,31 @@ def test_cached_measurements_are_set_aside_when_the_dense_model_runs_at_another_
     assert len(compared) == 2
 
 
+def test_a_fresh_meter_reads_nothing_from_the_cache_and_replaces_it(tmp_path, monkeypatch):
+    """A re-solve after an overshoot measures afresh (`fresh`): the cached figure is not read, even with
+    the dense latency unchanged, and what it measures is what the next run reads."""
+    from types import SimpleNamespace
+
+    from deploycompress.allocation import base
+    from deploycompress.latency import runtime
+
+    model = create_model("vgg_digits").eval()
+    example = torch.zeros(1, 1, 16, 16)
+    graph = GroupGraph(model, example)
+    plan = {g.name: list(range(g.channels // 2)) for g in graph.groups}
+    answers = iter([2.0, 2.4])
+    monkeypatch.setattr(runtime, "measure", lambda *a, **k: SimpleNamespace(median_ms=1.0))
+    monkeypatch.setattr(runtime, "compare", lambda *a, **k: SimpleNamespace(speedup=next(answers), ratio_spread=0.1))
+    cache = tmp_path / "measurements.json"
+
+    def meter(fresh=False):
+        return base.SpeedupMeter(model, example, threads=1, batch_size=1, rounds=5, cache_path=cache, fresh=fresh)
+
+    assert meter().measure(plan).speedup == 2.0
+    assert meter(fresh=True).measure(plan).speedup == 2.4  # timed again, not read
+    assert meter().measure(plan).speedup == 2.4  # the fresh figure replaced the cached one
+
+
 def test_a_noisy_measurement_is_taken_again_and_persisted_so_a_rerun_reads_it(tmp_path, monkeypatch):
     """A figure whose rounds disagree is measured once more with twice the rounds; the steadier one is
     cached on disk like any other, so a second run with the same seed decides on the same figure."""

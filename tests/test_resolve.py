@@ -1,6 +1,8 @@
 """Re-solve after a short profile: when the profile stage's trusted figure is short of the target, the
 pipeline prunes again from the dense model with the search window's goal raised by the shortfall, at most
-prune.resolve_attempts times, and the report says so. Stand-in prune and profile stages make the
+prune.resolve_attempts times, and the report says so. Above the allowance (target x 1.1) while the search
+measured the plan inside it, the pipeline prunes again measuring afresh, and ships whichever attempt lands
+nearer the allowed range. Stand-in prune and profile stages make the
 readings exact; the window arithmetic is checked on AllocationProblem itself."""
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 
 import pytest
 
-from deploycompress.pipeline import RESOLVE_EXTRA, run_pipeline
+from deploycompress.pipeline import KEPT_ATTEMPT, RESOLVE_EXTRA, run_pipeline
 from deploycompress.recipe import build_config
 from deploycompress.stages import Stage
 from test_allocation import _problem as make_problem
@@ -24,15 +26,23 @@ def make(num_classes=10):
 
 class RecordingPrune(Stage):
     name = "prune"
+    outputs = ("plan.json",)
 
-    def __init__(self):
+    def __init__(self, searched: list[float] | None = None):
         self.calls: list[tuple[float, int]] = []  # (aim shift seen, id of the working model)
+        self.fresh: list[bool] = []  # whether each prune was asked to measure afresh
+        self.searched = searched  # the search's figure of each attempt's plan
 
     def run(self, ctx) -> None:
         self.calls.append((ctx.aim_shift, id(ctx.model)))
+        self.fresh.append(bool(ctx.resolves and ctx.resolves[-1].get("fresh_measurements")))
+        attempt = len(self.calls)
+        search = self.searched[attempt - 1] if self.searched else None
+        (ctx.run_dir / "plan.json").write_text(json.dumps({"attempt": attempt}))
         # what the report reads from the stages this stand-in replaces
-        ctx.report.update(prune={"notes": [], "candidates": []}, params={"dense": 1, "compressed": 1},
-                          macs={"dense": 1, "compressed": 1}, onnx={"max_abs_diff": 0.0, "opset": 17})
+        ctx.report.update(prune={"notes": [], "candidates": [], "search_speedup": search, "attempt": attempt},
+                          params={"dense": 1, "compressed": 1}, macs={"dense": 1, "compressed": 1},
+                          onnx={"max_abs_diff": 0.0, "opset": 17})
 
 
 class ScriptedProfile(Stage):
@@ -45,12 +55,12 @@ class ScriptedProfile(Stage):
         ctx.report["latency"] = {"comparison": {"speedup": self.readings.pop(0)}, "trusted": self.trusted}
 
 
-def _run(tmp_path, readings, trusted=True, attempts=None):
+def _run(tmp_path, readings, trusted=True, attempts=None, searched=None, prune_stage=None):
     (tmp_path / "net.py").write_text(NET_PY)
     prune = {} if attempts is None else {"resolve_attempts": attempts}
     config = build_config(None, {"model": f"{tmp_path / 'net.py'}:make", "data": "none", "input_shape": "1,3,8,8",
                                  "target_speedup": 2.0, "out": str(tmp_path / "run"), "prune": prune})
-    stages = [RecordingPrune(), ScriptedProfile(readings, trusted)]
+    stages = [prune_stage or RecordingPrune(searched), ScriptedProfile(readings, trusted)]
     return run_pipeline(config, stages=stages), stages[0].calls, tmp_path / "run"
 
 
@@ -85,3 +95,47 @@ def test_aim_shift_raises_the_window_within_the_allowance():
     assert problem.window == pytest.approx((2.0 * 1.03 * 1.02, 2.0 * 1.03 * 1.02 * 1.02))
     problem.aim_shift = 0.20  # the goal stops just under the allowance, the ceiling at it
     assert problem.window == pytest.approx((2.2 / 1.02, 2.2))
+
+
+def test_overshoot_the_search_did_not_see_prunes_again_measuring_afresh(tmp_path):
+    prune = RecordingPrune(searched=[2.1, 2.1])
+    report, calls, run_dir = _run(tmp_path, [2.4, 2.1], prune_stage=prune)
+    assert prune.fresh == [False, True] and calls[0][1] != calls[1][1]
+    assert [shift for shift, _ in calls] == [0.0, 0.0], "the window stays where it was"
+    assert report["speedup"]["measured"] == 2.1 and report["speedup"]["within_allowed"] is True
+    assert [(r["measured"], r["reason"]) for r in report["resolves"]] == [(2.4, "overshoot")]
+    assert json.loads((run_dir / "plan.json").read_text()) == {"attempt": 2}
+    assert not (run_dir / KEPT_ATTEMPT).exists(), "the kept attempt is removed once the run has decided"
+
+
+def test_no_resolve_for_an_overshoot_the_search_measured_itself(tmp_path):
+    report, calls, _ = _run(tmp_path, [2.4], searched=[2.35])  # no plan it measured landed inside
+    assert len(calls) == 1 and report["resolves"] == []
+
+
+@pytest.mark.parametrize("second,trusted", [(1.9, True), (2.6, True), (2.1, False)])
+def test_a_resolve_that_ends_further_from_the_range_ships_the_overshot_attempt(tmp_path, second, trusted):
+    class SecondUntrusted(ScriptedProfile):
+        def run(self, ctx) -> None:
+            super().run(ctx)
+            ctx.report["latency"]["trusted"] = trusted or len(self.readings) == 1
+
+    (tmp_path / "net.py").write_text(NET_PY)
+    config = build_config(None, {"model": f"{tmp_path / 'net.py'}:make", "data": "none", "input_shape": "1,3,8,8",
+                                 "target_speedup": 2.0, "out": str(tmp_path / "run")})
+    report = run_pipeline(config, stages=[RecordingPrune(searched=[2.1, 2.1]), SecondUntrusted([2.4, second])])
+    run_dir = tmp_path / "run"
+    assert report["speedup"]["measured"] == 2.4 and report["target_met"] is True
+    assert json.loads((run_dir / "plan.json").read_text()) == {"attempt": 1}, "the first attempt's artifacts"
+    assert [r["reason"] for r in report["resolves"]] == ["overshoot", "reverted"]
+    assert any("the attempt before it ships" in note for note in report["notes"])
+    assert not (run_dir / KEPT_ATTEMPT).exists()
+
+
+def test_a_new_run_drops_an_attempt_a_killed_run_kept(tmp_path):
+    kept = tmp_path / "run" / KEPT_ATTEMPT
+    kept.mkdir(parents=True)
+    (kept / "state.json").write_text(json.dumps({"report": {"latency": {"comparison": {"speedup": 2.05},
+                                                                        "trusted": True}}}))
+    report, calls, _ = _run(tmp_path, [1.9, 1.95])  # short twice: the stale kept attempt must not ship
+    assert report["speedup"]["measured"] == 1.95 and not kept.exists()

@@ -47,10 +47,11 @@ class BaselineDecisions:
     """The decided baseline plans of one dense model, on disk. A damaged file is ignored (and
     rewritten by the next decision), never trusted."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, load: bool = True):
+        """`load` False starts empty (a search measured afresh): its decisions replace the file's."""
         self.path = path
         self._saved: dict[str, dict] = {}
-        if path.is_file():
+        if load and path.is_file():
             try:
                 saved = json.loads(path.read_text())
                 self._saved = saved if isinstance(saved, dict) else {}
