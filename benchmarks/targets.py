@@ -6,11 +6,12 @@ interleaved measurement, separate from the search), whether it met the target, h
 and the whole-model latency predicted by the latency model (fitted without the chosen plan's own
 measurement) against the measured one.
 
-    python benchmarks/targets.py [--models a,b] [--targets 1.5,2,3]
+    python benchmarks/targets.py [--models a,b] [--targets 1.5,2,3] [--keep DIR]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 
@@ -25,11 +26,14 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(list_models()))
     parser.add_argument("--targets", default="1.5,2,3")
     parser.add_argument("--policy", default="spdy")
+    parser.add_argument("--keep", metavar="DIR", help="keep every run's directory under DIR (default: temporary)")
     args = parser.parse_args()
     rows, records = [], []
     for model in args.models.split(","):
         for target in [float(t) for t in args.targets.split(",")]:
-            with tempfile.TemporaryDirectory() as out:
+            with contextlib.ExitStack() as stack:
+                out = (f"{args.keep}/{model}-{target:g}x" if args.keep
+                       else stack.enter_context(tempfile.TemporaryDirectory()))
                 config = build_config(None, {"model": model, "target_speedup": target, "out": out,
                                              "prune": {"policy": args.policy}, "finetune": {"epochs": 0}})
                 report, seconds = run_quietly(config)
@@ -45,6 +49,9 @@ def main() -> None:
                       "latency_predicted_ms": lat_predicted, "prediction_error_pct": error,
                       "speedup_prediction_error_pct": speedup_error,
                       "resolves": sum(r.get("reason") != "reverted" for r in report["resolves"]),
+                      # what each re-solve answered (short, overshoot; reverted: the earlier attempt shipped)
+                      "resolve_steps": [{"reason": r.get("reason"), "measured": r.get("measured")}
+                                        for r in report["resolves"]],
                       "profile_sessions": report["speedup"].get("sessions"),
                       "macs_ratio": report["speedup"]["macs_ratio"], "seconds": seconds,
                       "candidates": len(report["search"]["candidates"])}
@@ -64,7 +71,8 @@ def main() -> None:
              f"{median_speedup_error:.1f}%).",
              "The prediction is the latency model's, fitted to every plan the search measured except the chosen "
              "one; measured is the profile stage's median over its fresh sessions. re-solves: how often the "
-             "profile found the plan short of the target and the run pruned again."]
+             "profile found the plan short of the target, or above the allowance where the search measured it "
+             "inside, and the run pruned again (the JSON's resolve_steps say which)."]
     write_results(f"targets_{args.policy}", {"records": records, "median_prediction_error_pct": median_error,
                                             "median_speedup_prediction_error_pct": median_speedup_error,
                                             "met": met, "within_10pct": within},
