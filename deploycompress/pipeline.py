@@ -67,9 +67,9 @@ def _resolve_after_profile(ctx: RunContext) -> dict | None:
     untrusted figure is not a verdict to act on, and a plan the search itself measured above the
     allowance was the nearest it could reach."""
     latency = ctx.report.get("latency") or {}
-    measured = (latency.get("comparison") or {}).get("speedup")
+    measured = _profiled_speedup(latency)
     target = ctx.config.target_speedup
-    allowance = target * (1 + ctx.config.prune.max_overshoot)
+    allowance = ctx.config.allowed_speedup
     searched = (ctx.report.get("prune") or {}).get("search_speedup")
     if not latency.get("trusted") or measured is None or len(ctx.resolves) >= ctx.config.prune.resolve_attempts:
         return None
@@ -100,10 +100,15 @@ def _keep_attempt(ctx: RunContext, stages: list[Stage]) -> None:
     write_json(kept / "state.json", {"report": ctx.report})
 
 
+def _profiled_speedup(latency: dict) -> float | None:
+    """The profile stage's speedup figure (ctx.report["latency"]), None when it measured nothing."""
+    return (latency.get("comparison") or {}).get("speedup")
+
+
 def _distance_from_allowed(latency: dict, target: float, allowance: float) -> float:
     """How far a profile's verdict is from [target, allowance]: 0 inside, the relative overshoot above
     it, infinite short of the target or untrusted (a missed target is worse than any overshoot)."""
-    measured = (latency.get("comparison") or {}).get("speedup")
+    measured = _profiled_speedup(latency)
     if measured is None or not latency.get("trusted") or measured < target:
         return float("inf")
     return max(0.0, measured / allowance - 1)
@@ -117,12 +122,12 @@ def _restore_kept_attempt(ctx: RunContext, stages: list[Stage]) -> None:
     if not (kept / "state.json").is_file():
         return
     target = ctx.config.target_speedup
-    allowance = target * (1 + ctx.config.prune.max_overshoot)
+    allowance = ctx.config.allowed_speedup
     saved = json.loads((kept / "state.json").read_text())["report"]
     latency = ctx.report.get("latency") or {}
     if _distance_from_allowed(latency, target, allowance) > _distance_from_allowed(saved.get("latency") or {},
                                                                                      target, allowance):
-        measured = (latency.get("comparison") or {}).get("speedup")
+        measured = _profiled_speedup(latency)
         shown = "untrusted" if measured is None or not latency.get("trusted") else f"{measured:.2f}x"
         for name in _attempt_files(stages):
             if (kept / name).is_file():

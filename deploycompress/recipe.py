@@ -170,6 +170,11 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def allowed_speedup(self) -> float:
+        """The top of the measured speedup a run may ship: target x (1 + prune.max_overshoot)."""
+        return self.target_speedup * (1 + self.prune.max_overshoot)
+
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Accept `value` for a field annotated `annotation` (a small subset of typing), else raise."""

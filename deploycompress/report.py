@@ -19,7 +19,7 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
     measured = comparison.get("speedup")
     dense_acc = ctx.report["accuracy"]["dense"]
     comp_acc = ctx.report["accuracy"]["compressed"]
-    allowance = cfg.target_speedup * (1 + cfg.prune.max_overshoot)
+    allowance = cfg.allowed_speedup
     report = {
         "schema": REPORT_SCHEMA,
         "deploycompress": __version__,

@@ -266,7 +266,7 @@ class PruneStage(Stage):
             if last.get("reason") == "overshoot":
                 problem.notes.append(f"pruned again (re-solve {len(ctx.resolves)}): the profile measured "
                                      f"{last['measured']:.2f}x, above the allowed "
-                                     f"{cfg.target_speedup * (1 + cfg.prune.max_overshoot):.2f}x, so every "
+                                     f"{cfg.allowed_speedup:.2f}x, so every "
                                      "candidate was measured afresh")
             else:
                 problem.notes.append(f"pruned again (re-solve {len(ctx.resolves)}): the profile measured "
