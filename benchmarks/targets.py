@@ -14,9 +14,12 @@ import argparse
 import contextlib
 import statistics
 import tempfile
+from pathlib import Path
 
 from common import run_quietly, write_results
 
+from deploycompress.errors import UserError
+from deploycompress.fileio import ensure_writable_dir
 from deploycompress.models import list_models
 from deploycompress.recipe import build_config
 
@@ -28,6 +31,11 @@ def main() -> None:
     parser.add_argument("--policy", default="spdy")
     parser.add_argument("--keep", metavar="DIR", help="keep every run's directory under DIR (default: temporary)")
     args = parser.parse_args()
+    if args.keep:  # checked before the first run, so a bad DIR costs no measuring
+        try:
+            ensure_writable_dir(Path(args.keep))
+        except UserError as error:
+            parser.error(f"--keep: {error}")
     rows, records = [], []
     for model in args.models.split(","):
         for target in [float(t) for t in args.targets.split(",")]:
