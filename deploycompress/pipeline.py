@@ -91,9 +91,18 @@ def _attempt_files(stages: list[Stage]) -> list[str]:
 
 
 def _keep_attempt(ctx: RunContext, stages: list[Stage]) -> None:
-    """Copy the overshot attempt's artifacts and stage results aside before pruning again."""
+    """Copy the overshot attempt's artifacts and stage results aside before pruning again, unless an
+    earlier attempt kept there landed at least as near the allowed range (with prune.resolve_attempts
+    >= 2 a second overshoot would otherwise replace a nearer first one)."""
     kept = ctx.run_dir / KEPT_ATTEMPT
-    kept.mkdir(exist_ok=True)
+    if (kept / "state.json").is_file():
+        target, allowance = ctx.config.target_speedup, ctx.config.allowed_speedup
+        earlier = json.loads((kept / "state.json").read_text())["report"].get("latency") or {}
+        if _distance_from_allowed(earlier, target, allowance) <= _distance_from_allowed(
+                ctx.report.get("latency") or {}, target, allowance):
+            return
+        shutil.rmtree(kept)
+    kept.mkdir()
     for name in _attempt_files(stages):
         if (ctx.run_dir / name).is_file():
             shutil.copy2(ctx.run_dir / name, kept / name)
@@ -133,11 +142,11 @@ def _restore_kept_attempt(ctx: RunContext, stages: list[Stage]) -> None:
             if (kept / name).is_file():
                 os.replace(kept / name, ctx.run_dir / name)
         print(f"profile: the re-solved model measured {shown}, further from [{target:g}x, {allowance:.2f}x] than "
-              "the attempt before it; shipping that one")
+              "an earlier attempt; shipping that one")
         ctx.report = saved
         ctx.report.setdefault("prune", {}).setdefault("notes", []).append(
-            f"the re-solve after an overshoot measured {shown}, further from the allowed range; the attempt "
-            "before it ships")
+            f"the re-solve after an overshoot measured {shown}, further from the allowed range; the earlier "
+            "attempt that landed nearer ships")
         ctx.resolves.append({"measured": measured, "aim_shift": ctx.aim_shift, "reason": "reverted"})
     shutil.rmtree(kept, ignore_errors=True)
 

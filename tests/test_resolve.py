@@ -128,7 +128,7 @@ def test_a_resolve_that_ends_further_from_the_range_ships_the_overshot_attempt(t
     assert report["speedup"]["measured"] == 2.4 and report["target_met"] is True
     assert json.loads((run_dir / "plan.json").read_text()) == {"attempt": 1}, "the first attempt's artifacts"
     assert [r["reason"] for r in report["resolves"]] == ["overshoot", "reverted"]
-    assert any("the attempt before it ships" in note for note in report["notes"])
+    assert any("the earlier attempt that landed nearer ships" in note for note in report["notes"])
     assert not (run_dir / KEPT_ATTEMPT).exists()
 
 
@@ -139,3 +139,13 @@ def test_a_new_run_drops_an_attempt_a_killed_run_kept(tmp_path):
                                                                         "trusted": True}}}))
     report, calls, _ = _run(tmp_path, [1.9, 1.95])  # short twice: the stale kept attempt must not ship
     assert report["speedup"]["measured"] == 1.95 and not kept.exists()
+
+
+@pytest.mark.parametrize("readings,shipped", [([2.3, 2.6, 2.5], 1), ([2.6, 2.3, 2.5], 2), ([2.6, 2.5, 2.1], 3)])
+def test_repeated_overshoots_ship_the_nearest_attempt(tmp_path, readings, shipped):
+    # a second overshoot further out must not replace the nearer first one kept aside
+    report, calls, run_dir = _run(tmp_path, readings, attempts=2, searched=[2.1, 2.1, 2.1])
+    assert len(calls) == 3
+    assert report["speedup"]["measured"] == readings[shipped - 1]
+    assert json.loads((run_dir / "plan.json").read_text()) == {"attempt": shipped}
+    assert not (run_dir / KEPT_ATTEMPT).exists()
