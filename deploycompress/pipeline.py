@@ -123,13 +123,14 @@ def _distance_from_allowed(latency: dict, target: float, allowance: float) -> fl
     return max(0.0, measured / allowance - 1)
 
 
-def _restore_kept_attempt(ctx: RunContext, stages: list[Stage]) -> None:
+def _restore_kept_attempt(ctx: RunContext, stages: list[Stage]) -> bool:
     """After a re-solve that followed an overshoot: ship the kept attempt instead when the re-solved one
     ended further from the allowed range (short of the target, untrusted, or overshooting more). The kept
-    copy is removed once the run has decided."""
+    copy is removed once the run has decided. Returns whether the kept attempt now ships."""
     kept = ctx.run_dir / KEPT_ATTEMPT
     if not (kept / "state.json").is_file():
-        return
+        return False
+    reverted = False
     target = ctx.config.target_speedup
     allowance = ctx.config.allowed_speedup
     saved = json.loads((kept / "state.json").read_text())["report"]
@@ -148,7 +149,9 @@ def _restore_kept_attempt(ctx: RunContext, stages: list[Stage]) -> None:
             f"the re-solve after an overshoot measured {shown}, further from the allowed range; the earlier "
             "attempt that landed nearer ships")
         ctx.resolves.append({"measured": measured, "aim_shift": ctx.aim_shift, "reason": "reverted"})
+        reverted = True
     shutil.rmtree(kept, ignore_errors=True)
+    return reverted
 
 
 def run_pipeline(config: RunConfig, resume: bool = False, stages: list[Stage] | None = None) -> dict:
@@ -207,7 +210,15 @@ def run_pipeline(config: RunConfig, resume: bool = False, stages: list[Stage] | 
         ctx.reset_to_dense()
         manifest["resolves"], manifest["stages"] = ctx.resolves, {}
         write_json(run_dir / MANIFEST, manifest)
-    _restore_kept_attempt(ctx, stages)
+    if _restore_kept_attempt(ctx, stages):
+        # The manifest described the re-solved attempt's files: a --resume would find them changed and
+        # prune again (from cached figures, not necessarily to the plan that shipped). It now describes
+        # the files that ship, and the revert, so a resume restores them.
+        for stage in stages:
+            if stage.name in manifest["stages"]:
+                manifest["stages"][stage.name]["outputs"] = {name: sha256(run_dir / name) for name in stage.outputs}
+        manifest["resolves"] = ctx.resolves
+        write_json(run_dir / MANIFEST, manifest)
     report = build_report(ctx, timings, time.perf_counter() - started)
     write_report(run_dir, report)
     return report

@@ -149,3 +149,26 @@ def test_repeated_overshoots_ship_the_nearest_attempt(tmp_path, readings, shippe
     assert report["speedup"]["measured"] == readings[shipped - 1]
     assert json.loads((run_dir / "plan.json").read_text()) == {"attempt": shipped}
     assert not (run_dir / KEPT_ATTEMPT).exists()
+
+
+def test_resume_of_a_reverted_run_restores_the_attempt_that_shipped(tmp_path):
+    class RestorablePrune(RecordingPrune):
+        def restore(self, ctx) -> None:
+            attempt = json.loads((ctx.run_dir / "plan.json").read_text())["attempt"]
+            ctx.report.update(prune={"notes": [], "candidates": [], "search_speedup": 2.1, "attempt": attempt},
+                              params={"dense": 1, "compressed": 1}, macs={"dense": 1, "compressed": 1},
+                              onnx={"max_abs_diff": 0.0, "opset": 17})
+
+    class RestorableProfile(ScriptedProfile):
+        def restore(self, ctx) -> None:
+            self.run(ctx)
+
+    _run(tmp_path, [2.4, 2.6], searched=[2.1, 2.1])  # the re-solve lands further out: attempt 1 ships
+    config = build_config(None, {"model": f"{tmp_path / 'net.py'}:make", "data": "none", "input_shape": "1,3,8,8",
+                                 "target_speedup": 2.0, "out": str(tmp_path / "run")})
+    prune = RestorablePrune(searched=[2.1])
+    report = run_pipeline(config, resume=True, stages=[prune, RestorableProfile([2.4])])
+    assert prune.calls == [], "a resume of the finished run restores its stages rather than pruning again"
+    assert json.loads((tmp_path / "run" / "plan.json").read_text()) == {"attempt": 1}
+    assert report["speedup"]["measured"] == 2.4
+    assert [r["reason"] for r in report["resolves"]] == ["overshoot", "reverted"]
