@@ -45,6 +45,10 @@ def _read_manifest(run_dir: Path, config: RunConfig) -> dict:
     return manifest
 
 
+def _output_hashes(run_dir: Path, stage: Stage) -> dict[str, str]:
+    return {name: sha256(run_dir / name) for name in stage.outputs}
+
+
 def _stage_intact(run_dir: Path, record: dict) -> bool:
     return all((run_dir / name).is_file() and sha256(run_dir / name) == digest
                for name, digest in record.get("outputs", {}).items())
@@ -55,6 +59,7 @@ RESOLVE_EXTRA = 0.01
 # An overshot attempt is kept here while the run prunes again, and shipped instead when the re-solve
 # ends further from the allowed range: a met target, even overshot, beats a missed one.
 KEPT_ATTEMPT = "overshot-attempt"
+KEPT_STATE = "state.json"  # the kept attempt's report, inside KEPT_ATTEMPT
 
 
 def _resolve_after_profile(ctx: RunContext) -> dict | None:
@@ -95,18 +100,24 @@ def _keep_attempt(ctx: RunContext, stages: list[Stage]) -> None:
     earlier attempt kept there landed at least as near the allowed range (with prune.resolve_attempts
     >= 2 a second overshoot would otherwise replace a nearer first one)."""
     kept = ctx.run_dir / KEPT_ATTEMPT
-    if (kept / "state.json").is_file():
-        target, allowance = ctx.config.target_speedup, ctx.config.allowed_speedup
-        earlier = json.loads((kept / "state.json").read_text())["report"].get("latency") or {}
-        if _distance_from_allowed(earlier, target, allowance) <= _distance_from_allowed(
-                ctx.report.get("latency") or {}, target, allowance):
+    earlier = _kept_report(kept)
+    if earlier is not None:
+        if _distance_from_allowed(earlier.get("latency") or {}, ctx.config) <= \
+                _distance_from_allowed(ctx.report.get("latency") or {}, ctx.config):
             return
         shutil.rmtree(kept)
     kept.mkdir()
     for name in _attempt_files(stages):
         if (ctx.run_dir / name).is_file():
             shutil.copy2(ctx.run_dir / name, kept / name)
-    write_json(kept / "state.json", {"report": ctx.report})
+    write_json(kept / KEPT_STATE, {"report": ctx.report})
+
+
+def _kept_report(kept: Path) -> dict | None:
+    """The report of the attempt kept aside in `kept`, None when there is none."""
+    if not (kept / KEPT_STATE).is_file():
+        return None
+    return json.loads((kept / KEPT_STATE).read_text())["report"]
 
 
 def _profiled_speedup(latency: dict) -> float | None:
@@ -114,13 +125,13 @@ def _profiled_speedup(latency: dict) -> float | None:
     return (latency.get("comparison") or {}).get("speedup")
 
 
-def _distance_from_allowed(latency: dict, target: float, allowance: float) -> float:
+def _distance_from_allowed(latency: dict, config: RunConfig) -> float:
     """How far a profile's verdict is from [target, allowance]: 0 inside, the relative overshoot above
     it, infinite short of the target or untrusted (a missed target is worse than any overshoot)."""
     measured = _profiled_speedup(latency)
-    if measured is None or not latency.get("trusted") or measured < target:
+    if measured is None or not latency.get("trusted") or measured < config.target_speedup:
         return float("inf")
-    return max(0.0, measured / allowance - 1)
+    return max(0.0, measured / config.allowed_speedup - 1)
 
 
 def _restore_kept_attempt(ctx: RunContext, stages: list[Stage]) -> bool:
@@ -128,15 +139,14 @@ def _restore_kept_attempt(ctx: RunContext, stages: list[Stage]) -> bool:
     ended further from the allowed range (short of the target, untrusted, or overshooting more). The kept
     copy is removed once the run has decided. Returns whether the kept attempt now ships."""
     kept = ctx.run_dir / KEPT_ATTEMPT
-    if not (kept / "state.json").is_file():
+    saved = _kept_report(kept)
+    if saved is None:
         return False
     reverted = False
     target = ctx.config.target_speedup
     allowance = ctx.config.allowed_speedup
-    saved = json.loads((kept / "state.json").read_text())["report"]
     latency = ctx.report.get("latency") or {}
-    if _distance_from_allowed(latency, target, allowance) > _distance_from_allowed(saved.get("latency") or {},
-                                                                                     target, allowance):
+    if _distance_from_allowed(latency, ctx.config) > _distance_from_allowed(saved.get("latency") or {}, ctx.config):
         measured = _profiled_speedup(latency)
         shown = "untrusted" if measured is None or not latency.get("trusted") else f"{measured:.2f}x"
         for name in _attempt_files(stages):
@@ -197,7 +207,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, stages: list[Stage] | 
             timings.append({"name": stage.name, "seconds": round(seconds, 3), "resumed": False,
                             "attempt": len(ctx.resolves) + 1})
             manifest["stages"][stage.name] = {"done": True, "seconds": round(seconds, 3),
-                                              "outputs": {name: sha256(run_dir / name) for name in stage.outputs}}
+                                              "outputs": _output_hashes(run_dir, stage)}
             write_json(run_dir / MANIFEST, manifest)
         resolve = _resolve_after_profile(ctx)
         if resolve is None:
@@ -216,7 +226,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, stages: list[Stage] | 
         # the files that ship, and the revert, so a resume restores them.
         for stage in stages:
             if stage.name in manifest["stages"]:
-                manifest["stages"][stage.name]["outputs"] = {name: sha256(run_dir / name) for name in stage.outputs}
+                manifest["stages"][stage.name]["outputs"] = _output_hashes(run_dir, stage)
         manifest["resolves"] = ctx.resolves
         write_json(run_dir / MANIFEST, manifest)
     report = build_report(ctx, timings, time.perf_counter() - started)

@@ -55,11 +55,15 @@ class ScriptedProfile(Stage):
         ctx.report["latency"] = {"comparison": {"speedup": self.readings.pop(0)}, "trusted": self.trusted}
 
 
-def _run(tmp_path, readings, trusted=True, attempts=None, searched=None, prune_stage=None):
+def _config(tmp_path, attempts=None):
     (tmp_path / "net.py").write_text(NET_PY)
     prune = {} if attempts is None else {"resolve_attempts": attempts}
-    config = build_config(None, {"model": f"{tmp_path / 'net.py'}:make", "data": "none", "input_shape": "1,3,8,8",
-                                 "target_speedup": 2.0, "out": str(tmp_path / "run"), "prune": prune})
+    return build_config(None, {"model": f"{tmp_path / 'net.py'}:make", "data": "none", "input_shape": "1,3,8,8",
+                               "target_speedup": 2.0, "out": str(tmp_path / "run"), "prune": prune})
+
+
+def _run(tmp_path, readings, trusted=True, attempts=None, searched=None, prune_stage=None):
+    config = _config(tmp_path, attempts)
     stages = [prune_stage or RecordingPrune(searched), ScriptedProfile(readings, trusted)]
     return run_pipeline(config, stages=stages), stages[0].calls, tmp_path / "run"
 
@@ -120,10 +124,8 @@ def test_a_resolve_that_ends_further_from_the_range_ships_the_overshot_attempt(t
             super().run(ctx)
             ctx.report["latency"]["trusted"] = trusted or len(self.readings) == 1
 
-    (tmp_path / "net.py").write_text(NET_PY)
-    config = build_config(None, {"model": f"{tmp_path / 'net.py'}:make", "data": "none", "input_shape": "1,3,8,8",
-                                 "target_speedup": 2.0, "out": str(tmp_path / "run")})
-    report = run_pipeline(config, stages=[RecordingPrune(searched=[2.1, 2.1]), SecondUntrusted([2.4, second])])
+    report = run_pipeline(_config(tmp_path), stages=[RecordingPrune(searched=[2.1, 2.1]),
+                                                     SecondUntrusted([2.4, second])])
     run_dir = tmp_path / "run"
     assert report["speedup"]["measured"] == 2.4 and report["target_met"] is True
     assert json.loads((run_dir / "plan.json").read_text()) == {"attempt": 1}, "the first attempt's artifacts"
@@ -164,10 +166,8 @@ def test_resume_of_a_reverted_run_restores_the_attempt_that_shipped(tmp_path):
             self.run(ctx)
 
     _run(tmp_path, [2.4, 2.6], searched=[2.1, 2.1])  # the re-solve lands further out: attempt 1 ships
-    config = build_config(None, {"model": f"{tmp_path / 'net.py'}:make", "data": "none", "input_shape": "1,3,8,8",
-                                 "target_speedup": 2.0, "out": str(tmp_path / "run")})
     prune = RestorablePrune(searched=[2.1])
-    report = run_pipeline(config, resume=True, stages=[prune, RestorableProfile([2.4])])
+    report = run_pipeline(_config(tmp_path), resume=True, stages=[prune, RestorableProfile([2.4])])
     assert prune.calls == [], "a resume of the finished run restores its stages rather than pruning again"
     assert json.loads((tmp_path / "run" / "plan.json").read_text()) == {"attempt": 1}
     assert report["speedup"]["measured"] == 2.4
