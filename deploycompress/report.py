@@ -11,6 +11,11 @@ from .gate import exceeded_allowance
 REPORT_SCHEMA = 1
 
 
+def _session_range(speedups: list[float] | None) -> list[float] | None:
+    """[lowest, highest] of the session pairs' figures: the run-to-run spread, where there were two or more."""
+    return [min(speedups), max(speedups)] if speedups and len(speedups) > 1 else None
+
+
 def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> dict:
     cfg = ctx.config
     latency = ctx.report.get("latency", {})
@@ -39,6 +44,7 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
             "trusted": latency.get("trusted"),
             "attempts": latency.get("attempts"),
             "sessions": latency.get("sessions"),  # fresh session pairs behind the median
+            "session_range": _session_range(latency.get("session_speedups")),
             "predicted": prune.get("predicted_speedup"),
             "macs_ratio": _ratio(ctx.report.get("macs", {})),
             # [target, target x (1 + prune.max_overshoot)]: faster than the allowance costs accuracy the
@@ -103,11 +109,19 @@ def verdict(report: dict) -> str:
     return text if ceiling is None else f"{text}, but above the allowed {ceiling:.2f}x (prune.max_overshoot)"
 
 
+def measured_text(speedup: dict) -> str:
+    """'measured 2.09x (95% CI 2.08-2.10; 3 session pairs 2.04-2.14)': the CI is the median pair's own
+    rounds, the range how far the fresh session pairs read apart (the run-to-run spread)."""
+    ci = speedup.get("ci95") or [None, None]
+    spread = speedup.get("session_range")
+    pairs = f"; {speedup.get('sessions')} session pairs {_fmt(spread[0])}-{_fmt(spread[1])}" if spread else ""
+    return f"measured {_fmt(speedup.get('measured'))}x (95% CI {_fmt(ci[0])}-{_fmt(ci[1])}{pairs})"
+
+
 def summary_lines(report: dict) -> list[str]:
     s, lat, acc = report["speedup"], report["latency_ms"], report["accuracy"]
     lines = [
-        f"target {report['target_speedup']:g}x: {verdict(report)} - measured {_fmt(s['measured'])}x "
-        f"(95% CI {_fmt((s['ci95'] or [None])[0])}-{_fmt((s['ci95'] or [None, None])[1])}), "
+        f"target {report['target_speedup']:g}x: {verdict(report)} - {measured_text(s)}, "
         f"predicted {_fmt(s['predicted'])}x, MACs ratio {_fmt(s['macs_ratio'])}x",
         f"latency   dense {_fmt(lat['dense'], '.3f')} ms -> compressed {_fmt(lat['compressed'], '.3f')} ms "
         f"(ONNX Runtime {report['device']}, {report['threads']} thread(s), batch {report['batch_size']})",
@@ -143,7 +157,8 @@ def markdown(report: dict, plots: list[str] | None = None) -> str:
     rt = report.get("runtime") or {}
     lines += ["", "## Measurement", "",
               f"Interleaved A/B rounds after warm-up, median of per-round ratios. ONNX Runtime {rt.get('ort')}, "
-              f"CPU {rt.get('cpu')} ({rt.get('isa')}), {report['threads']} intra-op thread(s), batch {report['batch_size']}.",
+              f"CPU {rt.get('cpu')} ({rt.get('isa')}), {report['threads']} intra-op thread(s), "
+              f"batch {report['batch_size']}.",
               "Latency figures are specific to this CPU, runtime version, thread count and batch size.", ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
@@ -157,7 +172,8 @@ def _choice_lines(report: dict) -> list[str]:
     if not details.get("chosen_by"):
         return []
     lines = ["", "## How the plan was chosen", "",
-             f"Chosen by {details['chosen_by']} from {details.get('accepted_in_window', 0)} plan(s) measured inside the "
+             f"Chosen by {details['chosen_by']} from {details.get('accepted_in_window', 0)} plan(s) measured "
+             "inside the "
              f"search window; it came from `{details.get('chosen_source')}` (calibrate/verify: the dynamic program; "
              "uniform/global: the baseline families searched as candidates)."]
     finalists = details.get("finalists") or []
@@ -182,14 +198,14 @@ def _notes_and_pqi_lines(report: dict) -> list[str]:
     lines = []
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
-    layers = [l for l in report["layers"] if l.get("pqi_before") is not None]
+    layers = [layer for layer in report["layers"] if layer.get("pqi_before") is not None]
     if layers:
         lines += ["", "## Compressibility (PQ Index)", "",
                   "PQ Index (p = 0.5, q = 1) of each group's L2 channel norms: 0 when every channel is alike, "
                   "towards 1 when a few channels carry the group. After = the kept channels of the final model.", "",
                   "| group | PQI before | PQI after |", "|---|---:|---:|"]
-        lines += [f"| {l['name']} | {_fmt(l.get('pqi_before'), '.3g')} | {_fmt(l.get('pqi_after'), '.3g')} |"
-                  for l in layers]
+        lines += [f"| {layer['name']} | {_fmt(layer.get('pqi_before'), '.3g')} | "
+                  f"{_fmt(layer.get('pqi_after'), '.3g')} |" for layer in layers]
     details = report.get("search", {}).get("details", {})
     trajectory = details.get("pqi_trajectory")
     if trajectory:

@@ -97,7 +97,8 @@ def comparison(speedup: float, ci: tuple[float, float], ratio_spread: float = 0.
     return runtime.Comparison(dense, compressed, speedup, ci[0], ci[1], ratio_spread, [speedup] * 5)
 
 
-def profile_with(monkeypatch, tmp_path: Path, results: list[runtime.Comparison], target: float = 2.0):
+def profile_with(monkeypatch, tmp_path: Path, results: list[runtime.Comparison], target: float = 2.0,
+                 sessions: int = 1):
     """ProfileStage.run over a fake runtime whose compare() returns `results` in turn."""
     calls: list[int] = []
 
@@ -108,7 +109,7 @@ def profile_with(monkeypatch, tmp_path: Path, results: list[runtime.Comparison],
     monkeypatch.setattr(runtime, "make_session", lambda *args, **kwargs: object())
     monkeypatch.setattr(runtime, "random_feed", lambda *args, **kwargs: {})
     monkeypatch.setattr(runtime, "compare", fake_compare)
-    config = build_config(None, {"target_speedup": target, "profile": {"rounds": 5, "sessions": 1}})
+    config = build_config(None, {"target_speedup": target, "profile": {"rounds": 5, "sessions": sessions}})
     x = torch.zeros(4, 1, 16, 16)
     ctx = SimpleNamespace(config=config, run_dir=tmp_path, report={}, resolves=[],
                           data=DataBundle("digits", x, None, x, None, None))
@@ -165,3 +166,15 @@ def test_a_speedup_above_the_allowance_is_met_and_says_it_overshot(monkeypatch, 
     assert "MET, but above the allowed 2.20x" in verdict(over)
     inside, _, _ = profile_with(monkeypatch, tmp_path, [comparison(2.1, (2.05, 2.15))])
     assert inside["speedup"]["within_allowed"] is True and "above the allowed" not in verdict(inside)
+
+
+def test_the_summary_gives_the_session_pairs_range_beside_the_median_pairs_ci(monkeypatch, tmp_path):
+    from deploycompress.report import measured_text
+
+    results = [comparison(2.14, (2.12, 2.16)), comparison(2.04, (2.03, 2.05)), comparison(2.09, (2.08, 2.10))]
+    report, _, _ = profile_with(monkeypatch, tmp_path, results, sessions=3)
+    assert report["speedup"]["measured"] == 2.09 and report["speedup"]["session_range"] == [2.04, 2.14]
+    assert measured_text(report["speedup"]) == "measured 2.09x (95% CI 2.08-2.10; 3 session pairs 2.04-2.14)"
+    single, _, _ = profile_with(monkeypatch, tmp_path, results[:1], sessions=1)
+    assert single["speedup"]["session_range"] is None
+    assert measured_text(single["speedup"]) == "measured 2.14x (95% CI 2.12-2.16)"

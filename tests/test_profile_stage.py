@@ -41,6 +41,7 @@ def test_profile_reports_the_median_of_its_sessions(ctx, monkeypatch):
     latency = ctx.report["latency"]
     assert latency["comparison"]["speedup"] == 2.09 and pending == [9.0]  # median of 2.14, 2.04, 2.09
     assert [a["speedup"] for a in latency["attempts"]] == [2.14, 2.04, 2.09] and latency["sessions"] == 3
+    assert latency["session_speedups"] == [2.14, 2.04, 2.09]
 
 
 def test_profile_with_one_session_measures_once(ctx, monkeypatch):
@@ -60,6 +61,7 @@ def test_a_median_disagreeing_with_the_search_takes_the_median_of_five(ctx, monk
     assert latency["comparison"]["speedup"] == 2.20  # median of 2.45, 2.40, 2.12, 2.16, 2.20
     assert [a["speedup"] for a in latency["attempts"]] == [2.45, 2.40, 2.12, 2.16, 2.20]
     assert latency["trusted"] and latency["search_speedup"] == 2.10 and pending == [9.0]
+    assert latency["session_speedups"] == [2.45, 2.40, 2.12, 2.16, 2.20]
 
 
 def test_an_untrusted_first_session_is_not_measured_in_more_sessions(ctx, monkeypatch):
@@ -69,3 +71,4 @@ def test_an_untrusted_first_session_is_not_measured_in_more_sessions(ctx, monkey
     latency = ctx.report["latency"]
     assert latency["trusted"] is False and latency["sessions"] == 1
     assert len(latency["attempts"]) == 1 + profile_stage.MAX_REPEATS
+    assert latency["session_speedups"] == [2.0]  # one session's figure, however many repeats it took

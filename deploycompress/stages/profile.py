@@ -70,6 +70,11 @@ class ProfileStage(Stage):
             print(f"profile: measurement still too noisy ({problem}); the verdict is marked untrusted")
         ctx.report["latency"] = {"comparison": result.to_dict(), "trusted": trusted, "attempts": attempts,
                                  "sessions": len(opinions),
+                                 # each session pair's own figure: the 95% CI above is the median pair's
+                                 # rounds alone, and rounds within one session are correlated, so it
+                                 # understates how far the next pair of sessions reads (vgg_digits 2x on
+                                 # a shared Xeon: five fresh pairs 2.08-2.33x, each CI 1-2% wide)
+                                 "session_speedups": [opinion[0].speedup for opinion in opinions],
                                  "search_speedup": search,
                                  "max_relative_ci_width": MAX_RELATIVE_CI_WIDTH,
                                  "fingerprint": runtime.runtime_fingerprint(cfg.threads, cfg.batch_size,
