@@ -173,9 +173,8 @@ def _choice_lines(report: dict) -> list[str]:
         return []
     lines = ["", "## How the plan was chosen", "",
              f"Chosen by {details['chosen_by']} from {details.get('accepted_in_window', 0)} plan(s) measured "
-             "inside the "
-             f"search window; it came from `{details.get('chosen_source')}` (calibrate/verify: the dynamic program; "
-             "uniform/global: the baseline families searched as candidates)."]
+             f"inside the search window; it came from `{details.get('chosen_source')}` (calibrate/verify: the "
+             "dynamic program; uniform/global: the baseline families searched as candidates)."]
     finalists = details.get("finalists") or []
     if finalists:
         lines += ["", "Finalists, each finetuned from the same weights and scored by "
