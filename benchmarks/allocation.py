@@ -42,10 +42,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, run_pinned, run_quietly, usable_cores, write_results
+from common import RESULTS, known, parse_list, run_pinned, run_quietly, usable_cores, write_results
 
+from deploycompress.allocation import policies as policy_registry
 from deploycompress.errors import TargetUnreachable
-from deploycompress.recipe import build_config
+from deploycompress.models.zoo import model_registry
+from deploycompress.recipe import build_config, parse_speedup
 
 POLICIES = ("spdy", "uniform", "global")
 DEFAULT_DATA = "digits_distorted"
@@ -292,9 +294,10 @@ def main() -> None:
         report(records, models, saved["targets"], policies, saved["seeds"], data, saved["environment"],
                saved.get("failures", []))
         return
-    models, policies = args.models.split(","), args.policies.split(",")
-    targets = [float(t) for t in args.targets.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    models = parse_list(parser, "--models", args.models, known(model_registry))
+    policies = parse_list(parser, "--policies", args.policies, known(policy_registry))
+    targets = parse_list(parser, "--targets", args.targets, parse_speedup)
+    seeds = parse_list(parser, "--seeds", args.seeds, int)
     records = []
     name = "allocation" if args.data == DEFAULT_DATA else f"allocation_{args.data}"
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,26 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def parse_list(parser, option: str, text: str, parse) -> list:
+    """The comma-separated values of one option, each through `parse` (which raises UserError or
+    ValueError on a bad one). Checked before the first run: a typo in the last model of a list would
+    otherwise end the run in a traceback after hours of measuring, with nothing written."""
+    from deploycompress.errors import UserError
+
+    try:
+        return [parse(item.strip()) for item in text.split(",")]
+    except (UserError, ValueError) as error:
+        parser.error(f"{option}: {error}")
+
+
+def known(registry):
+    """A `parse` for parse_list: the name itself, once the registry knows it."""
+    def check(name: str) -> str:
+        registry.get(name)  # raises UserError naming the choices
+        return name
+    return check
+
+
 def environment() -> dict:
     import onnxruntime
     import torch

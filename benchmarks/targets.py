@@ -16,12 +16,14 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import run_quietly, write_results
+from common import known, parse_list, run_quietly, write_results
 
+from deploycompress.allocation import policies
 from deploycompress.errors import UserError
 from deploycompress.fileio import ensure_writable_dir
 from deploycompress.models import list_models
-from deploycompress.recipe import build_config
+from deploycompress.models.zoo import model_registry
+from deploycompress.recipe import build_config, parse_speedup
 
 
 def main() -> None:
@@ -31,14 +33,20 @@ def main() -> None:
     parser.add_argument("--policy", default="spdy")
     parser.add_argument("--keep", metavar="DIR", help="keep every run's directory under DIR (default: temporary)")
     args = parser.parse_args()
+    models = parse_list(parser, "--models", args.models, known(model_registry))
+    targets = parse_list(parser, "--targets", args.targets, parse_speedup)
+    try:
+        policies.get(args.policy)
+    except UserError as error:
+        parser.error(f"--policy: {error}")
     if args.keep:  # checked before the first run, so a bad DIR costs no measuring
         try:
             ensure_writable_dir(Path(args.keep))
         except UserError as error:
             parser.error(f"--keep: {error}")
     rows, records = [], []
-    for model in args.models.split(","):
-        for target in [float(t) for t in args.targets.split(",")]:
+    for model in models:
+        for target in targets:
             with contextlib.ExitStack() as stack:
                 out = (f"{args.keep}/{model}-{target:g}x" if args.keep
                        else stack.enter_context(tempfile.TemporaryDirectory()))
