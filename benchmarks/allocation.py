@@ -45,6 +45,7 @@ from pathlib import Path
 from common import RESULTS, known, parse_list, run_pinned, run_quietly, usable_cores, write_results
 
 from deploycompress.allocation import policies as policy_registry
+from deploycompress.data import BUILTIN_DATASETS
 from deploycompress.errors import TargetUnreachable
 from deploycompress.models.zoo import model_registry
 from deploycompress.recipe import build_config, parse_speedup
@@ -57,8 +58,6 @@ FINETUNED = "accuracy_finetuned_mean"
 
 
 def test_images(data: str) -> int:
-    from deploycompress.data import BUILTIN_DATASETS
-
     return len(BUILTIN_DATASETS[data]().y_test)
 
 
@@ -252,7 +251,9 @@ def main() -> None:
                         help="prune.spdy_min_keep: the narrowest fraction of a group SPDY may keep (default: the "
                              "product default)")
     parser.add_argument("--policies", default=",".join(POLICIES))
-    parser.add_argument("--data", default=DEFAULT_DATA, help="a built-in dataset (default: %(default)s)")
+    # Only built-in data: the test split's size goes into the table, and the name into the results' file name.
+    parser.add_argument("--data", default=DEFAULT_DATA, choices=sorted(BUILTIN_DATASETS),
+                        help="a built-in dataset (default: %(default)s)")
     parser.add_argument("--from-json", metavar="PATH", action="append",
                         help="re-summarise the records of an earlier run (its JSON) instead of running again; "
                              "given more than once, merge runs of different seeds into one table")

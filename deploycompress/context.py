@@ -119,6 +119,8 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     entry = loading.zoo_entry(config.model)
     if entry is None and loading.is_zoo_name(config.model):
         zoo.model_registry.get(config.model)  # raises the "unknown model, did you mean" error
+    if entry is None:
+        loading.check_spec(config.model)
     _check_ignore(config.ignore)
     data = _load_data(config, entry)
     shape = config.input_shape or (data.input_shape if data is not None else None) or (entry.input_shape if entry else None)

@@ -19,6 +19,7 @@ def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
     ("targets.py", ["--policy", "spdi"], "--policy: unknown allocation policy 'spdi' (did you mean 'spdy'?)"),
     ("allocation.py", ["--seeds", "0,x"], "--seeds: invalid literal for int()"),
     ("allocation.py", ["--policies", "spdy,nope"], "--policies: unknown allocation policy 'nope'"),
+    ("allocation.py", ["--data", "nosuch"], "argument --data: invalid choice: 'nosuch'"),
 ])
 def test_a_bad_list_value_ends_the_script_before_any_run(script, args, message, tmp_path):
     keep = tmp_path / "keep"

@@ -131,6 +131,14 @@ def test_missing_input_shape_is_one_line(user_folder, tmp_path):
                                      "nor a zoo model says it (e.g. 1,3,224,224)")
 
 
+def test_a_mistyped_model_path_is_named_before_the_missing_input_shape(user_folder, tmp_path):
+    # Before the fix the user was asked for --input-shape and only learnt of the typo after adding one.
+    result = run_cli(["run", "--model", "my_modle.py:make", "--data", "none", "--out", str(tmp_path / "r")],
+                     cwd=user_folder, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "deploycompress: error: --model: file not found: my_modle.py"
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--data", "none"], "--input-shape is required"),
     (["--input-shape", "1,3,32,32", "--data", "no_such_file.npz"], "data file not found"),

@@ -68,6 +68,14 @@ def _user_code_dir(target: str) -> Path:
     return Path(target).resolve().parent if target.endswith(".py") else Path.cwd()
 
 
+def check_spec(spec: str, option: str = "--model") -> None:
+    """The cheap checks of a `file.py:name` spec (its form, its file), without running the user's code:
+    a run reports a mistyped path before asking for anything else."""
+    target, _ = _split_spec(spec, option)
+    if target.endswith(".py") and not Path(target).is_file():
+        raise UserError(f"{option}: file not found: {target}")
+
+
 def import_factory(spec: str, option: str = "--model"):
     """The callable named by `file.py:name` or `package.module:name`; UserError with one line if not."""
     target, attr = _split_spec(spec, option)
