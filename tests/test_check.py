@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOOD_REPORT = {
     "target_speedup": 2.0,
     "target_met": True,
-    "speedup": {"measured": 2.17, "ci95": [2.12, 2.21], "ratio_spread": 0.04},
+    "speedup": {"measured": 2.17, "ci95": [2.12, 2.21], "ratio_spread": 0.04, "session_range": [2.10, 2.20]},
     "accuracy": {"dense": 98.0, "compressed": 97.5, "drop": 0.5},
     "latency_ms": {"dense": 1.30, "compressed": 0.60},
 }
@@ -47,7 +47,8 @@ def write(tmp_path: Path, report) -> Path:
 
 
 def test_good_report_meets_all_bars():
-    bars = Bars(min_speedup=2.0, max_accuracy_drop=1.0, min_accuracy=97.0, max_latency_ms=1.0)
+    bars = Bars(min_speedup=2.0, max_accuracy_drop=1.0, min_accuracy=97.0, max_latency_ms=1.0,
+                min_session_speedup=2.05)
     assert check_report(GOOD_REPORT, bars) == []
 
 
@@ -65,6 +66,11 @@ def test_good_report_meets_all_bars():
     ({"target_met": False}, Bars(), "run target 2x NOT met"),
     ({"target_met": ...}, Bars(), "target_met is missing"),
     ({"target_met": None}, Bars(), "target_met is null"),
+    ({"speedup__session_range": [1.94, 2.21]}, Bars(min_session_speedup=2.0),
+     "session speedup 1.94x (lowest of the pairs 1.94-2.21x) < 2x"),
+    ({"speedup__session_range": None, "speedup__measured": 1.95, "speedup__ci95": [1.93, 1.97]},
+     Bars(min_session_speedup=2.0), "session speedup 1.95x (one session pair measured) < 2x"),
+    ({"speedup__session_range": ...}, Bars(min_session_speedup=2.0), "speedup.session_range is missing"),
 ])
 def test_each_failed_bar_is_one_line(changes, bars, needle):
     failed = check_report(report_with(**changes), bars)
@@ -100,6 +106,15 @@ def test_cli_exit_1_with_one_line_per_failed_bar(tmp_path, capsys):
     assert run_cli(["check", path, "--min-speedup", "2.0", "--max-accuracy-drop", "1.0", "--max-latency-ms", "1"]) == 1
     fails = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
     assert len(fails) == 2 and "--min-speedup" in fails[0] and "--max-accuracy-drop" in fails[1]
+
+
+def test_cli_min_session_speedup_fails_a_run_whose_median_pair_passes(tmp_path, capsys):
+    # The median pair meets --min-speedup 2; one fresh pair read 1.98x, which the release refuses.
+    path = write(tmp_path, report_with(speedup__session_range=[1.98, 2.55]))
+    assert run_cli(["check", path, "--min-speedup", "2.0"]) == 0
+    assert run_cli(["check", path, "--min-speedup", "2.0", "--min-session-speedup", "2.0"]) == 1
+    fails = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert fails == ["FAIL session speedup 1.98x (lowest of the pairs 1.98-2.55x) < 2x (--min-session-speedup)"]
 
 
 def test_cli_exit_1_when_the_speedup_is_untrusted(tmp_path, capsys):

@@ -22,6 +22,9 @@ def check(
     max_accuracy_drop: Optional[float] = typer.Option(None, help="Dense minus compressed accuracy, in points, at most this."),
     min_accuracy: Optional[float] = typer.Option(None, help="Compressed accuracy, in percent, at least this."),
     max_latency_ms: Optional[float] = typer.Option(None, help="Compressed median latency (latency_ms.compressed) at most this."),
+    min_session_speedup: Optional[float] = typer.Option(
+        None, help="The lowest fresh session pair's speedup (speedup.session_range) at least this: "
+                   "--min-speedup judges the median pair."),
     max_ci_width: float = typer.Option(DEFAULT_MAX_CI_WIDTH, min=0.0,
                                        help="The speedup is untrusted when its 95% CI is wider than this fraction of it."),
     max_ratio_spread: float = typer.Option(DEFAULT_MAX_RATIO_SPREAD, min=0.0,
@@ -32,7 +35,7 @@ def check(
 
     report = load_report(report_path)
     bars = Bars(min_speedup=min_speedup, max_accuracy_drop=max_accuracy_drop, min_accuracy=min_accuracy,
-                max_latency_ms=max_latency_ms)
+                max_latency_ms=max_latency_ms, min_session_speedup=min_session_speedup)
     results = evaluate(report, bars, max_ci_width, max_ratio_spread)
     failed = [r.line for r in results if not r.ok]
     for result in results:
