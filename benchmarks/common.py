@@ -18,16 +18,21 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def parse_list(parser, option: str, text: str, parse) -> list:
-    """The comma-separated values of one option, each through `parse` (which raises UserError or
-    ValueError on a bad one). Checked before the first run: a typo in the last model of a list would
-    otherwise end the run in a traceback after hours of measuring, with nothing written."""
+def parse_one(parser, option: str, text: str, parse):
+    """`parse(text)`, or argparse's one error line and exit 2 when it raises UserError or ValueError.
+    Called before the first run: a typo in the last model of a list would otherwise end the run in a
+    traceback after hours of measuring, with nothing written."""
     from deploycompress.errors import UserError
 
     try:
-        return [parse(item.strip()) for item in text.split(",")]
+        return parse(text)
     except (UserError, ValueError) as error:
         parser.error(f"{option}: {error}")
+
+
+def parse_list(parser, option: str, text: str, parse) -> list:
+    """The comma-separated values of one option, each through parse_one."""
+    return [parse_one(parser, option, item.strip(), parse) for item in text.split(",")]
 
 
 def known(registry):

@@ -16,7 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import known, parse_list, run_quietly, write_results
+from common import known, parse_list, parse_one, run_quietly, write_results
 
 from deploycompress.allocation import policies
 from deploycompress.errors import UserError
@@ -35,10 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     models = parse_list(parser, "--models", args.models, known(model_registry))
     targets = parse_list(parser, "--targets", args.targets, parse_speedup)
-    try:
-        policies.get(args.policy)
-    except UserError as error:
-        parser.error(f"--policy: {error}")
+    parse_one(parser, "--policy", args.policy, known(policies))
     if args.keep:  # checked before the first run, so a bad DIR costs no measuring
         try:
             ensure_writable_dir(Path(args.keep))

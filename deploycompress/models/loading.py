@@ -68,22 +68,22 @@ def _user_code_dir(target: str) -> Path:
     return Path(target).resolve().parent if target.endswith(".py") else Path.cwd()
 
 
-def check_spec(spec: str, option: str = "--model") -> None:
-    """The cheap checks of a `file.py:name` spec (its form, its file), without running the user's code:
-    a run reports a mistyped path before asking for anything else."""
-    target, _ = _split_spec(spec, option)
+def check_spec(spec: str, option: str = "--model") -> tuple[str, str]:
+    """(target, name) of a `file.py:name` or `package.module:name` spec once its form and, for a file,
+    the file's existence are checked, without running the user's code: a run reports a mistyped path
+    before asking for anything else."""
+    target, attr = _split_spec(spec, option)
     if target.endswith(".py") and not Path(target).is_file():
-        raise UserError(f"{option}: file not found: {target}")
+        raise UserError(f"{option}: file not found: {Path(target)}")
+    return target, attr
 
 
 def import_factory(spec: str, option: str = "--model"):
     """The callable named by `file.py:name` or `package.module:name`; UserError with one line if not."""
-    target, attr = _split_spec(spec, option)
+    target, attr = check_spec(spec, option)
     with _importable_from(_user_code_dir(target)):
         if target.endswith(".py"):
             path = Path(target)
-            if not path.is_file():
-                raise UserError(f"{option}: file not found: {path}")
             module_name = "deploycompress_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
             module_spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(module_spec)
