@@ -19,7 +19,6 @@ from pathlib import Path
 from common import known, parse_list, parse_one, run_quietly, write_results
 
 from deploycompress.allocation import policies
-from deploycompress.errors import UserError
 from deploycompress.fileio import ensure_writable_dir
 from deploycompress.models import list_models
 from deploycompress.models.zoo import model_registry
@@ -37,10 +36,7 @@ def main() -> None:
     targets = parse_list(parser, "--targets", args.targets, parse_speedup)
     parse_one(parser, "--policy", args.policy, known(policies))
     if args.keep:  # checked before the first run, so a bad DIR costs no measuring
-        try:
-            ensure_writable_dir(Path(args.keep))
-        except UserError as error:
-            parser.error(f"--keep: {error}")
+        parse_one(parser, "--keep", args.keep, lambda text: ensure_writable_dir(Path(text)))
     rows, records = [], []
     for model in models:
         for target in targets:

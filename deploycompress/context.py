@@ -147,7 +147,16 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
             out = dense(example)
     except Exception as exc:  # noqa: BLE001 - a shape mismatch surfaces as any of several errors
         raise UserError(f"input shape {tuple(shape)} does not fit the model: {str(exc).splitlines()[0][:200]}") from None
-    if data.has_labels and isinstance(out, torch.Tensor) and out.dim() == 2:
+    if not isinstance(out, torch.Tensor):
+        # Training, distillation, the ONNX parity check and the accuracy all read one output tensor.
+        raise UserError(f"--model {config.model}: forward returns a {type(out).__name__}, not one tensor; "
+                        "deploycompress compresses a model whose forward returns its output tensor "
+                        "(wrap it to return the logits alone)")
+    if data.has_labels and out.dim() != 2:
+        # The labels are one class per sample: cross-entropy, accuracy and the finalists' scores need (batch, classes).
+        raise UserError(f"--model {config.model}: with labelled data the model must return class scores of shape "
+                        f"(batch, classes); it returns {tuple(out.shape)} (flatten them in forward)")
+    if data.has_labels:
         top = int(max(data.y_train.max(), data.y_test.max()))
         if top >= out.shape[1]:
             raise UserError(f"labels go up to {top} but the model has {out.shape[1]} outputs")

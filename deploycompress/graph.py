@@ -162,7 +162,9 @@ class GroupGraph:
                 p.requires_grad_(False)
         names = module_names(model)
         self._names = names
-        ignored = set(output_modules(model, example_input))
+        outputs = set(output_modules(model, example_input))
+        self.output_names = sorted(names[m] for m in outputs)  # never pruned: the model's output width is fixed
+        ignored = set(outputs)
         if ignore:
             pattern = re.compile(ignore)
             ignored |= {m for m, n in names.items() if n and pattern.search(n)}

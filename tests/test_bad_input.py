@@ -56,6 +56,38 @@ def boom():
 
 def not_a_module():
     return 42
+
+
+class Pair(Net):  # the logits and a feature map
+    def forward(self, x):
+        return super().forward(x), x
+
+
+def pair():
+    return Pair()
+
+
+class UnflattenedScores(Net):  # (batch, 10, 1, 1)
+    def forward(self, x):
+        return super().forward(x)[:, :, None, None]
+
+
+def unflattened():
+    return UnflattenedScores()
+
+
+class Recurrent(nn.Module):  # nothing DepGraph can prune: an LSTM, then the output layer
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.lstm(x[:, 0])[0][:, -1])
+
+
+def recurrent():
+    return Recurrent()
 '''
 
 # Code that must never run: a file the user did not name as file.py:factory, a pickle inside an npz.
@@ -225,6 +257,13 @@ CASES = [
     Case("model-file-raises-on-import", lambda w: user(w) + ["--model", f"{w.root}/raises.py:make"], r"raises\.py raised ImportError: no module named fancy_layers"),
     Case("factory-does-not-exist", lambda w: user(w) + ["--model", f"{w.root}/model.py:mkae"], r"no callable named 'mkae'"),
     Case("factory-raises", lambda w: user(w) + ["--model", f"{w.root}/model.py:boom"], r"factory .*:boom raised RuntimeError: factory exploded"),
+    Case("model-returns-a-tuple", lambda w: user(w) + ["--model", f"{w.root}/model.py:pair"], r"forward returns a tuple, not one tensor"),
+    Case("model-scores-not-flat", lambda w: user(w, "--data", w.root / "good.npz") + ["--model", f"{w.root}/model.py:unflattened"],
+         r"must return class scores of shape \(batch, classes\); it returns \(1, 10, 1, 1\)"),
+    Case("model-nothing-to-prune", lambda w: user(w) + ["--model", f"{w.root}/model.py:recurrent", "--finetune-epochs", "0"],
+         r"nothing to prune: .*recurrent layers are not pruned\); the output layer\(s\) fc are always kept", starts_run=True),
+    Case("ignore-matches-every-layer", lambda w: user(w, "--ignore", "conv|bn", "--finetune-epochs", "0"),
+         r"nothing to prune: .*--ignore 'conv\|bn' matched bn, conv", starts_run=True),
     # the input shape
     Case("input-shape-does-not-fit", lambda w: user(w) + ["--input-shape", "1,5,8,8"], r"input shape \(1, 5, 8, 8\) does not fit the model"),
     Case("input-shape-not-numbers", lambda w: user(w) + ["--input-shape", "1,three,8,8"], r"comma-separated integers"),

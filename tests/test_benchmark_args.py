@@ -29,3 +29,14 @@ def test_a_bad_list_value_ends_the_script_before_any_run(script, args, message, 
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not keep.exists() or not any(keep.iterdir())  # no run directory was started
+
+
+def test_a_keep_path_that_is_a_file_ends_targets_before_any_run(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("the user's file\n")
+    result = run_script("targets.py", "--keep", str(taken))
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and f"--keep: output path {taken} exists and is not a directory" in error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert taken.read_text() == "the user's file\n"  # nothing the user had is lost

@@ -14,6 +14,7 @@ from ..allocation.base import model_digest
 from ..allocation.decisions import BaselineDecisions
 from ..models.loading import cache_dir
 from ..context import RunContext
+from ..errors import UserError
 from ..fileio import atomic_write, write_json
 from ..allocation.latency_model import build_latency_model
 from ..data import DataBundle
@@ -216,6 +217,21 @@ def recalibrate_batchnorm(ctx: RunContext) -> None:
         bn.momentum = 0.1
 
 
+def nothing_to_prune(graph: GroupGraph, ignore: str | None) -> str:
+    """The one line for a model with no channel group to prune, with what kept each candidate dense."""
+    why = [f"the output layer(s) {', '.join(graph.output_names)} are always kept"]
+    matched = [n for n in graph.ignored if n not in graph.output_names]
+    if ignore and matched:
+        more = f" and {len(matched) - 5} more" if len(matched) > 5 else ""
+        why.append(f"--ignore {ignore!r} matched {', '.join(matched[:5])}{more}")
+    if graph.skipped:
+        first = graph.skipped[0]
+        why.append(f"{len(graph.skipped)} group(s) left dense, the first {first.name}: {first.reason}")
+    return ("nothing to prune: the model has no channel group deploycompress can prune (it prunes the output "
+            "channels of convolutions and linear layers, with every layer they feed, and nn.MultiheadAttention "
+            f"heads; recurrent layers are not pruned); {'; '.join(why)}")
+
+
 class PruneStage(Stage):
     name = "prune"
     # pruned.pt: the working model's weights, which regularised phases and SAP's rounds have trained
@@ -227,6 +243,8 @@ class PruneStage(Stage):
         graph = GroupGraph(ctx.model, ctx.example_input, cfg.ignore, verify=True)
         for skipped in graph.skipped:
             print(f"prune: left {skipped.name} dense: {skipped.reason}")
+        if not graph.groups:
+            raise UserError(nothing_to_prune(graph, cfg.ignore))
         x = ctx.calibration
         # The runtime's own channel block unless the recipe sets one: off the block a width costs what the
         # next multiple up does (resnet_digits on an AVX-512 EPYC: 8 channels off every group, 1.00x).
