@@ -29,7 +29,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 bench: install
-	cd benchmarks && ../$(BIN)/python latency_table.py && ../$(BIN)/python targets.py \
+	cd benchmarks && ../$(BIN)/python latency_table.py && ../$(BIN)/python threads.py && ../$(BIN)/python targets.py \
 		&& ../$(BIN)/python allocation.py --jobs $(BENCH_JOBS)
 
 release: install

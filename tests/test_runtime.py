@@ -33,6 +33,26 @@ def test_compare_ranks_a_bigger_model_slower():
     assert set(result.to_dict()) >= {"speedup", "ci95", "a", "b", "rounds"}
 
 
+def test_sessions_with_a_thread_pool_stop_its_spinning_after_each_run():
+    """From two threads the pool's workers stop spinning when a Run returns (an idle session's spinning
+    workers otherwise take the cores the other session of an interleaved pair is timed on), and the
+    latency caches key those figures apart; one thread has no pool, and its cache key is unchanged."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1))
+    blob = export_bytes(model, torch.zeros(1, 1, 16, 16))
+
+    def stop_entry(session):
+        try:
+            return session.get_session_options().get_session_config_entry("session.force_spinning_stop")
+        except RuntimeError:  # "does not have configuration with key": not set
+            return None
+
+    assert stop_entry(runtime.make_session(blob, threads=2)) == "1"
+    assert stop_entry(runtime.make_session(blob, threads=2, stop_spinning=False)) != "1"
+    assert stop_entry(runtime.make_session(blob, threads=1)) != "1"
+    assert "spinning" in runtime.runtime_fingerprint(2, 1)
+    assert set(runtime.runtime_fingerprint(1, 1)) == {"ort", "cpu", "isa", "threads", "batch_size", "device"}
+
+
 def test_random_feed_uses_batch():
     session = _session(8)
     feed = runtime.random_feed(session, 4)

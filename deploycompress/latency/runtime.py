@@ -42,11 +42,30 @@ def cpu_info() -> dict:
     return {"model": model, "isa": [f for f in _ISA_FLAGS if f in flags], "machine": platform.machine()}
 
 
+# With more than one intra-op thread, a session's pool workers stop spinning when each Run returns
+# (ORT's session.force_spinning_stop). Why: ORT's workers otherwise keep spinning after a Run, and in an
+# interleaved A/B comparison the idle session's spinning workers take the cores the other session is
+# timed on. Two threads on a 2-core Xeon, three zoo models against half-width copies
+# (benchmarks/results/threads_spinning.md): with ORT's default the dense models ran 1.5-2.5x slower
+# interleaved than alone, per-round ratios spread a median 82% (the profile trusts at most 25%) and the
+# speedups came out a median 26% off the ratio of the sessions timed alone; with the spinning stopped,
+# 7% and 1.3%. The price: a session alone runs back-to-back 1.1-1.3x slower (a worker wakes for each
+# Run), its speedup alone within 1.6%. One thread has no pool: nothing changes there.
+SPINNING_STOP_FROM_THREADS = 2
+
+
+def stops_spinning(threads: int) -> bool:
+    return threads >= SPINNING_STOP_FROM_THREADS
+
+
 def runtime_fingerprint(threads: int, batch_size: int, device: str = "cpu") -> dict:
     """Everything a latency figure depends on besides the model: the key of every latency cache."""
     info = cpu_info()
-    return {"ort": ort.__version__, "cpu": info["model"], "isa": "+".join(info["isa"]),
-            "threads": threads, "batch_size": batch_size, "device": device}
+    fingerprint = {"ort": ort.__version__, "cpu": info["model"], "isa": "+".join(info["isa"]),
+                   "threads": threads, "batch_size": batch_size, "device": device}
+    if stops_spinning(threads):  # figures taken with spinning workers are not these: keyed apart
+        fingerprint["spinning"] = "stopped after each run"
+    return fingerprint
 
 
 def providers_for(device: str) -> list[str]:
@@ -62,13 +81,17 @@ def providers_for(device: str) -> list[str]:
 
 
 def make_session(model: str | Path | bytes, threads: int = 1, device: str = "cpu",
-                 profile_dir: str | None = None) -> ort.InferenceSession:
+                 profile_dir: str | None = None, stop_spinning: bool | None = None) -> ort.InferenceSession:
+    """A session timed the way every figure here is taken. `stop_spinning` None: as `stops_spinning`
+    says for this thread count (benchmarks/threads.py sets it both ways to show why)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if stops_spinning(threads) if stop_spinning is None else stop_spinning:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     if profile_dir is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(profile_dir) / "ort_profile")
