@@ -70,6 +70,18 @@ def test_conv1d_sequence_model_reaches_2x(tmp_path):
     assert_compressed(report, tmp_path)
 
 
+def test_conv3d_volume_model_reaches_2x(tmp_path):
+    report = compress(tmp_path, "volumetric.py:make", "1,1,16,16,16")
+    assert_compressed(report, tmp_path)
+    assert all(entry["channels_after"] < entry["channels_before"] for entry in report["layers"])
+
+
+def test_transposed_conv_decoder_reaches_2x(tmp_path):
+    report = compress(tmp_path, "decoder.py:make", "1,3,32,32")
+    assert_compressed(report, tmp_path)
+    assert layer(report, "up.0")["channels_after"] < layer(report, "up.0")["channels_before"] == 64
+
+
 def test_mlp_reaches_2x(tmp_path):
     report = compress(tmp_path, "mlp.py:make", "1,256")
     assert_compressed(report, tmp_path)

@@ -168,8 +168,13 @@ class Operator:
     out_groups: list[str]
 
 
+# The convolutions the table times (any spatial rank: the signature keeps every spatial dimension; a
+# transposed conv's in_channels and out_channels are its input and output widths too).
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
 def _signature(module: nn.Module, inp: torch.Tensor, out: torch.Tensor, batch: int) -> OpSignature | None:
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+    if isinstance(module, CONVOLUTIONS):
         return OpSignature("conv", batch, module.in_channels, module.out_channels, tuple(inp.shape[2:]),
                            tuple(out.shape[2:]), tuple(module.kernel_size), module.groups)
     if isinstance(module, nn.Linear):
@@ -197,7 +202,7 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
             shapes.setdefault(module, (inputs[0], output))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.MultiheadAttention))]
+               if isinstance(m, (*CONVOLUTIONS, nn.Linear, nn.MultiheadAttention))]
     try:
         was_training = model.training
         model.eval()
@@ -214,7 +219,7 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
             module = dep.target.module
             if graph.dg.is_out_channel_pruning_fn(dep.handler):
                 out_groups.setdefault(module, set()).add(group.name)
-                if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups > 1 and module.groups == module.in_channels:
+                if isinstance(module, CONVOLUTIONS) and module.groups > 1 and module.groups == module.in_channels:
                     in_groups.setdefault(module, set()).add(group.name)  # depthwise: input follows output
             elif graph.dg.is_in_channel_pruning_fn(dep.handler):
                 in_groups.setdefault(module, set()).add(group.name)
