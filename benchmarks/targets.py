@@ -6,7 +6,10 @@ interleaved measurement, separate from the search), whether it met the target, h
 and the whole-model latency predicted by the latency model (fitted without the chosen plan's own
 measurement) against the measured one.
 
-    python benchmarks/targets.py [--models a,b] [--targets 1.5,2,3] [--keep DIR]
+    python benchmarks/targets.py [--models a,b] [--targets 1.5,2,3] [--threads N] [--keep DIR]
+
+With --threads above 1 the results are targets_POLICY_threadsN.* (every figure, the search's and the
+profile's, taken with that many intra-op threads).
 """
 from __future__ import annotations
 
@@ -30,11 +33,14 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(list_models()))
     parser.add_argument("--targets", default="1.5,2,3")
     parser.add_argument("--policy", default="spdy")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     parser.add_argument("--keep", metavar="DIR", help="keep every run's directory under DIR (default: temporary)")
     args = parser.parse_args()
     models = parse_list(parser, "--models", args.models, known(model_registry))
     targets = parse_list(parser, "--targets", args.targets, parse_speedup)
     parse_one(parser, "--policy", args.policy, known(policies))
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
     if args.keep:  # checked before the first run, so a bad DIR costs no measuring
         parse_one(parser, "--keep", args.keep, lambda text: ensure_writable_dir(Path(text)))
     rows, records = [], []
@@ -44,7 +50,8 @@ def main() -> None:
                 out = (f"{args.keep}/{model}-{target:g}x" if args.keep
                        else stack.enter_context(tempfile.TemporaryDirectory()))
                 config = build_config(None, {"model": model, "target_speedup": target, "out": out,
-                                             "prune": {"policy": args.policy}, "finetune": {"epochs": 0}})
+                                             "prune": {"policy": args.policy}, "finetune": {"epochs": 0},
+                                             "profile": {"threads": args.threads}})
                 report, seconds = run_quietly(config)
             measured, predicted = report["speedup"]["measured"], report["speedup"]["predicted"]
             lat_measured, lat_predicted = report["latency_ms"]["compressed"], report["latency_ms"]["predicted"]
@@ -82,7 +89,7 @@ def main() -> None:
     every_pair_within = sum(r["target"] <= min(r["session_range"] or [r["measured_speedup"]])
                             and max(r["session_range"] or [r["measured_speedup"]]) <= r["allowed"][1]
                             for r in records)
-    notes = [f"Policy {args.policy}; ONNX Runtime CPU, 1 intra-op thread, batch 1; no finetune.",
+    notes = [f"Policy {args.policy}; ONNX Runtime CPU, {args.threads} intra-op thread(s), batch 1; no finetune.",
              f"Targets met (measured >= target): {met}/{len(records)}; met without overshooting more than 10%: "
              f"{within}/{len(records)}; every fresh session pair inside [target, 1.1 x target]: "
              f"{every_pair_within}/{len(records)} (the pairs column: the lowest and highest pair, the run-to-run "
@@ -93,10 +100,10 @@ def main() -> None:
              "one; measured is the profile stage's median over its fresh sessions. re-solves: how often the "
              "profile found the plan short of the target, or above the allowance where the search measured it "
              "inside, and the run pruned again (the JSON's resolve_steps say which)."]
-    write_results(f"targets_{args.policy}", {"records": records, "median_prediction_error_pct": median_error,
-                                            "median_speedup_prediction_error_pct": median_speedup_error,
-                                            "met": met, "within_10pct": within,
-                                            "every_pair_within_10pct": every_pair_within},
+    name = f"targets_{args.policy}" + (f"_threads{args.threads}" if args.threads > 1 else "")
+    write_results(name, {"threads": args.threads, "records": records, "median_prediction_error_pct": median_error,
+                         "median_speedup_prediction_error_pct": median_speedup_error,
+                         "met": met, "within_10pct": within, "every_pair_within_10pct": every_pair_within},
                   ["model", "target", "measured", "pairs", "met", "overshoot %", "predicted", "measured ms",
                    "predicted ms", "pred. error %", "speedup error %", "re-solves", "MACs ratio", "seconds"],
                   rows, notes)

@@ -20,6 +20,7 @@ def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
     ("allocation.py", ["--seeds", "0,x"], "--seeds: invalid literal for int()"),
     ("allocation.py", ["--policies", "spdy,nope"], "--policies: unknown allocation policy 'nope'"),
     ("allocation.py", ["--data", "nosuch"], "argument --data: invalid choice: 'nosuch'"),
+    ("targets.py", ["--threads", "0"], "--threads must be at least 1"),
     ("threads.py", ["--models", "resnet_digits,nosuch"], "--models: unknown model 'nosuch'"),
     ("threads.py", ["--threads", "1,two"], "--threads: invalid literal for int()"),
     ("threads.py", ["--threads", "0,2"], "--threads must be at least 1"),
