@@ -114,6 +114,15 @@ def _trained_zoo_model(entry: zoo.ZooModel, data: data_mod.DataBundle, seed: int
     return model.eval()
 
 
+def _token_input_hint(model: nn.Module, error: str) -> str:
+    """Why an embedding model fails on the float input every run feeds it: said, not left to the error."""
+    embeds = any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
+    if embeds and ("indices" in error or "Long" in error):
+        return (" (the model looks up an nn.Embedding with its input: deploycompress feeds float tensors, and "
+                "models that take integer token ids are not supported)")
+    return ""
+
+
 def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     torch.manual_seed(config.seed)
     entry = loading.zoo_entry(config.model)
@@ -146,7 +155,9 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
         with torch.no_grad():
             out = dense(example)
     except Exception as exc:  # noqa: BLE001 - a shape mismatch surfaces as any of several errors
-        raise UserError(f"input shape {tuple(shape)} does not fit the model: {str(exc).splitlines()[0][:200]}") from None
+        first = str(exc).splitlines()[0][:200]
+        hint = _token_input_hint(dense, first)
+        raise UserError(f"input shape {tuple(shape)} does not fit the model: {first}{hint}") from None
     if not isinstance(out, torch.Tensor):
         # Training, distillation, the ONNX parity check and the accuracy all read one output tensor.
         raise UserError(f"--model {config.model}: forward returns a {type(out).__name__}, not one tensor; "

@@ -88,6 +88,20 @@ class Recurrent(nn.Module):  # nothing DepGraph can prune: an LSTM, then the out
 
 def recurrent():
     return Recurrent()
+
+
+class Tokens(nn.Module):  # integer token ids in
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(100, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.embed(x).mean(1))
+
+
+def tokens():
+    return Tokens()
 '''
 
 # Code that must never run: a file the user did not name as file.py:factory, a pickle inside an npz.
@@ -264,6 +278,8 @@ CASES = [
          r"nothing to prune: .*recurrent layers are not pruned\); the output layer\(s\) fc are always kept", starts_run=True),
     Case("ignore-matches-every-layer", lambda w: user(w, "--ignore", "conv|bn", "--finetune-epochs", "0"),
          r"nothing to prune: .*--ignore 'conv\|bn' matched bn, conv", starts_run=True),
+    Case("model-takes-token-ids", lambda w: user(w) + ["--model", f"{w.root}/model.py:tokens", "--input-shape", "1,12"],
+         r"does not fit the model: .*models that take integer token ids are not supported"),
     # the input shape
     Case("input-shape-does-not-fit", lambda w: user(w) + ["--input-shape", "1,5,8,8"], r"input shape \(1, 5, 8, 8\) does not fit the model"),
     Case("input-shape-not-numbers", lambda w: user(w) + ["--input-shape", "1,three,8,8"], r"comma-separated integers"),
