@@ -17,11 +17,13 @@ import argparse
 import contextlib
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from common import known, parse_list, parse_one, run_quietly, write_results
 
 from deploycompress.allocation import policies
+from deploycompress.errors import TargetUnreachable
 from deploycompress.fileio import ensure_writable_dir
 from deploycompress.models import list_models
 from deploycompress.models.zoo import model_registry
@@ -52,7 +54,19 @@ def main() -> None:
                 config = build_config(None, {"model": model, "target_speedup": target, "out": out,
                                              "prune": {"policy": args.policy}, "finetune": {"epochs": 0},
                                              "profile": {"threads": args.threads}})
-                report, seconds = run_quietly(config)
+                started = time.perf_counter()
+                try:
+                    report, seconds = run_quietly(config)
+                except TargetUnreachable as unreachable:  # a finding for this cell, not the end of the table
+                    report, seconds = None, time.perf_counter() - started
+                    best, message = unreachable.best_speedup, str(unreachable)
+            if report is None:
+                records.append({"model": model, "target": target, "met": False, "unreachable": True,
+                                "best_speedup": best, "message": message, "seconds": seconds})
+                rows.append([model, f"{target:g}x", f"out of reach (best {best:.2f}x)" if best else "out of reach",
+                             "n/a", "NO", None, None, None, None, None, None, None, None, seconds])
+                print(rows[-1], flush=True)
+                continue
             measured, predicted = report["speedup"]["measured"], report["speedup"]["predicted"]
             lat_measured, lat_predicted = report["latency_ms"]["compressed"], report["latency_ms"]["predicted"]
             error = abs(lat_predicted - lat_measured) / lat_measured * 100
@@ -81,21 +95,26 @@ def main() -> None:
                          predicted, lat_measured, lat_predicted, error, speedup_error, record["resolves"],
                          record["macs_ratio"], seconds])
             print(rows[-1], flush=True)
-    median_error = statistics.median(r["prediction_error_pct"] for r in records)
-    median_speedup_error = statistics.median(r["speedup_prediction_error_pct"] for r in records)
+    reached = [r for r in records if not r.get("unreachable")]
+    median_error = statistics.median(r["prediction_error_pct"] for r in reached) if reached else None
+    median_speedup_error = statistics.median(r["speedup_prediction_error_pct"] for r in reached) if reached else None
     met = sum(r["met"] for r in records)
     within = sum(r["met"] and r["overshoot_pct"] <= 10.0 for r in records)
     # Judged with the run-to-run spread: every session pair of the cell inside [target, 1.1 x target].
     every_pair_within = sum(r["target"] <= min(r["session_range"] or [r["measured_speedup"]])
                             and max(r["session_range"] or [r["measured_speedup"]]) <= r["allowed"][1]
-                            for r in records)
+                            for r in reached)
+    out_of_reach = [f"{r['model']} {r['target']:g}x (best plan {r['best_speedup']:.2f}x)" for r in records
+                    if r.get("unreachable") and r["best_speedup"] is not None]
     notes = [f"Policy {args.policy}; ONNX Runtime CPU, {args.threads} intra-op thread(s), batch 1; no finetune.",
              f"Targets met (measured >= target): {met}/{len(records)}; met without overshooting more than 10%: "
              f"{within}/{len(records)}; every fresh session pair inside [target, 1.1 x target]: "
              f"{every_pair_within}/{len(records)} (the pairs column: the lowest and highest pair, the run-to-run "
              "spread that one pair's 95% CI understates).",
-             f"Median whole-model latency prediction error: {median_error:.1f}% (as a speedup: "
-             f"{median_speedup_error:.1f}%).",
+             f"Out of reach (the run stopped with 'target ... is out of reach'): {len(records) - len(reached)}"
+             + (f": {', '.join(out_of_reach)}" if out_of_reach else "") + ".",
+             "Median whole-model latency prediction error over the cells reached: "
+             + (f"{median_error:.1f}% (as a speedup: {median_speedup_error:.1f}%)." if reached else "n/a."),
              "The prediction is the latency model's, fitted to every plan the search measured except the chosen "
              "one; measured is the profile stage's median over its fresh sessions. re-solves: how often the "
              "profile found the plan short of the target, or above the allowance where the search measured it "
