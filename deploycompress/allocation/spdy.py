@@ -105,7 +105,7 @@ def short_of_window(problem: AllocationProblem, fallback: tuple | None, confirme
     allowance too: the fastest plan whose confirming measurement fell under the window's goal but not
     under the target, else None. Why: the window keeps a margin inside [target, allowance] for the
     profile's separate measurement, and with few levels per group no plan may land inside it; a plan
-    confirmed at 2.06x for a 2x target (window from 2.06x) was passed over for one at 2.55x (a two-conv
+    confirmed at 2.055x for a 2x target (window from 2.06x) was passed over for one at 2.55x (a two-conv
     model, data-free, four widths per group). Only on a first solve: after the profile measured the
     chosen plan short of the target (`aim_shift` > 0) the figure under the goal is not to be trusted,
     and the overshooting plan ships as before."""

@@ -219,7 +219,7 @@ def recalibrate_batchnorm(ctx: RunContext) -> None:
 
 def nothing_to_prune(graph: GroupGraph, ignore: str | None) -> str:
     """The one line for a model with no channel group to prune, with what kept each candidate dense."""
-    why = [f"the output layer(s) {', '.join(graph.output_names)} are always kept"]
+    why = [f"the output layer(s) {', '.join(graph.output_names)} are always kept"] if graph.output_names else []
     matched = [n for n in graph.ignored if n not in graph.output_names]
     if ignore and matched:
         more = f" and {len(matched) - 5} more" if len(matched) > 5 else ""
@@ -229,7 +229,7 @@ def nothing_to_prune(graph: GroupGraph, ignore: str | None) -> str:
         why.append(f"{len(graph.skipped)} group(s) left dense, the first {first.name}: {first.reason}")
     return ("nothing to prune: the model has no channel group deploycompress can prune (it prunes the output "
             "channels of convolutions and linear layers, with every layer they feed, and nn.MultiheadAttention "
-            f"heads; recurrent layers are not pruned); {'; '.join(why)}")
+            "heads; recurrent layers are not pruned)" + "".join(f"; {reason}" for reason in why))
 
 
 class PruneStage(Stage):
