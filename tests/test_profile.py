@@ -125,6 +125,9 @@ def test_profile_sweeps_threads_and_batches_and_writes_json_and_markdown(tiny_mo
         assert config["latency"]["median_ms"] > 0 and config["latency"]["rounds"] == 3
         assert config["latency"]["p90_ms"] >= config["latency"]["min_ms"]
         assert config["fingerprint"]["threads"] == config["threads"]
+        # one session timed alone: ORT's default pool, as a deployment of this model runs (not the
+        # spinning stop that interleaved pairs need from two threads up)
+        assert "spinning" not in config["fingerprint"]
         layers = {row["name"] for row in config["breakdown"]["layers"]}
         assert {"stem.0", "layers.0.conv1", "layers.0.conv2", "fc"} <= layers
         assert "Conv" in {row["name"] for row in config["breakdown"]["operators"]}

@@ -50,6 +50,7 @@ def test_sessions_with_a_thread_pool_stop_its_spinning_after_each_run():
     assert stop_entry(runtime.make_session(blob, threads=2, stop_spinning=False)) != "1"
     assert stop_entry(runtime.make_session(blob, threads=1)) != "1"
     assert "spinning" in runtime.runtime_fingerprint(2, 1)
+    assert "spinning" not in runtime.runtime_fingerprint(2, 1, stop_spinning=False)
     assert set(runtime.runtime_fingerprint(1, 1)) == {"ort", "cpu", "isa", "threads", "batch_size", "device"}
 
 

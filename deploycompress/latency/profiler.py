@@ -171,18 +171,22 @@ def _load_graph(model: str | Path | bytes) -> onnx.ModelProto | None:
 def operator_breakdown(model: str | Path | bytes, threads: int = 1, batch_size: int = 1, device: str = "cpu",
                        runs: int = 20, warmup: int = 5, seed: int = 0) -> dict:
     """Run the model `warmup + runs` times under ORT's profiler and aggregate the timed runs."""
-    events = runtime.profiled_events(model, threads, device, batch_size, warmup=warmup, runs=runs, seed=seed)
+    events = runtime.profiled_events(model, threads, device, batch_size, warmup=warmup, runs=runs, seed=seed,
+                                     stop_spinning=False)  # one session alone: ORT's default, as deployed
     return aggregate_events(events, LayerMap(_load_graph(model)), warmup_runs=warmup)
 
 
 def profile_model(model: str | Path, threads: list[int], batch_sizes: list[int], device: str = "cpu",
                   rounds: int = 30, warmup: int = 10, profile_runs: int = 20, seed: int = 0) -> dict:
     """Latency (median, p90, spread over timed rounds) and the operator/layer breakdown for every
-    (threads, batch size) pair. Latency is timed on a session without the profiler attached."""
+    (threads, batch size) pair. Latency is timed on a session without the profiler attached, one
+    session at a time and with ORT's default thread pool (its workers spinning between runs, as a
+    deployment of this one model runs): the spinning is stopped only where two sessions are timed in
+    turn (runtime.stops_spinning)."""
     configs = []
     for thread_count in threads:
         for batch_size in batch_sizes:
-            session = runtime.make_session(model, thread_count, device)
+            session = runtime.make_session(model, thread_count, device, stop_spinning=False)
             runtime.check_batch_size(session, batch_size)
             feed = runtime.random_feed(session, batch_size, seed=seed)
             stats = runtime.measure(session, feed, rounds=rounds, warmup=warmup)
@@ -190,7 +194,8 @@ def profile_model(model: str | Path, threads: list[int], batch_sizes: list[int],
             breakdown = operator_breakdown(model, thread_count, batch_size, device, runs=profile_runs,
                                            warmup=min(warmup, 5), seed=seed)
             configs.append({"threads": thread_count, "batch_size": batch_size,
-                            "fingerprint": runtime.runtime_fingerprint(thread_count, batch_size, device),
+                            "fingerprint": runtime.runtime_fingerprint(thread_count, batch_size, device,
+                                                                       stop_spinning=False),
                             "latency": stats.to_dict(), "per_sample_ms": stats.median_ms / batch_size,
                             "breakdown": breakdown})
     info = runtime.cpu_info()

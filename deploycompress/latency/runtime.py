@@ -54,16 +54,19 @@ def cpu_info() -> dict:
 SPINNING_STOP_FROM_THREADS = 2
 
 
-def stops_spinning(threads: int) -> bool:
-    return threads >= SPINNING_STOP_FROM_THREADS
+def stops_spinning(threads: int, stop_spinning: bool | None = None) -> bool:
+    """Whether a session of `threads` threads stops its workers' spinning: `stop_spinning` where given,
+    else from SPINNING_STOP_FROM_THREADS up. Given False where one session is timed alone (the profile
+    command): nothing else runs then, and ORT's default is what a deployment of that model sees."""
+    return threads >= SPINNING_STOP_FROM_THREADS if stop_spinning is None else stop_spinning
 
 
-def runtime_fingerprint(threads: int, batch_size: int, device: str = "cpu") -> dict:
+def runtime_fingerprint(threads: int, batch_size: int, device: str = "cpu", stop_spinning: bool | None = None) -> dict:
     """Everything a latency figure depends on besides the model: the key of every latency cache."""
     info = cpu_info()
     fingerprint = {"ort": ort.__version__, "cpu": info["model"], "isa": "+".join(info["isa"]),
                    "threads": threads, "batch_size": batch_size, "device": device}
-    if stops_spinning(threads):  # figures taken with spinning workers are not these: keyed apart
+    if stops_spinning(threads, stop_spinning):  # figures taken with spinning workers are not these: keyed apart
         fingerprint["spinning"] = "stopped after each run"
     return fingerprint
 
@@ -82,15 +85,15 @@ def providers_for(device: str) -> list[str]:
 
 def make_session(model: str | Path | bytes, threads: int = 1, device: str = "cpu",
                  profile_dir: str | None = None, stop_spinning: bool | None = None) -> ort.InferenceSession:
-    """A session timed the way every figure here is taken. `stop_spinning` None: as `stops_spinning`
-    says for this thread count (benchmarks/threads.py sets it both ways to show why)."""
+    """A session timed the way every figure here is taken; `stop_spinning` as `stops_spinning` reads it
+    (benchmarks/threads.py sets it both ways to show why)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    if stops_spinning(threads) if stop_spinning is None else stop_spinning:
+    if stops_spinning(threads, stop_spinning):
         options.add_session_config_entry("session.force_spinning_stop", "1")
     if profile_dir is not None:
         options.enable_profiling = True
@@ -106,12 +109,12 @@ def make_session(model: str | Path | bytes, threads: int = 1, device: str = "cpu
 
 def profiled_events(model: str | Path | bytes, threads: int = 1, device: str = "cpu", batch_size: int = 1,
                     warmup: int = 0, runs: int | Callable[[ort.InferenceSession, dict], int] = 1,
-                    seed: int = 0) -> list[dict]:
+                    seed: int = 0, stop_spinning: bool | None = None) -> list[dict]:
     """The events of ORT's profiler over `warmup` + `runs` runs of `model` on a random feed (`runs` may be
     a function of the warmed session and feed, to time a fixed span). The trace file lives in a
     temporary folder and is gone when this returns; the warm-up runs' events are included."""
     with tempfile.TemporaryDirectory(prefix="deploycompress-profile-") as tmp:
-        session = make_session(model, threads, device, profile_dir=tmp)
+        session = make_session(model, threads, device, profile_dir=tmp, stop_spinning=stop_spinning)
         check_batch_size(session, batch_size)
         feed = random_feed(session, batch_size, seed=seed)
         for _ in range(warmup):
