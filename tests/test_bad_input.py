@@ -3,9 +3,10 @@ nothing the user had is lost (their input files, and what their --out directory 
 
 Each row of CASES is (id, the `deploycompress run` arguments, a regular expression the line must
 match). The commands run through the installed console script, three at once; recipe and option
-errors fail before torch is imported, the rest before pruning starts, except the unreachable target,
-which measures one candidate of a uniform search on the default model (its trained weights are copied
-from the user's cache, so nothing is retrained).
+errors fail before torch is imported, the rest before pruning starts, except a model with nothing to
+prune (found when the prune stage builds its channel groups) and the unreachable target, which
+measures one candidate of a uniform search on the default model (its trained weights are copied from
+the user's cache, so nothing is retrained).
 """
 from __future__ import annotations
 
