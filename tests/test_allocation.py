@@ -476,7 +476,8 @@ def test_a_plan_confirmed_inside_the_allowance_ships_before_one_above_it():
     assert "confirmed at 2.04x" in problem.notes[-1] and "2.55x" in problem.notes[-1]
     assert short_of_window(problem, None, confirmed) == confirmed[2]  # nothing met the goal at all
     assert short_of_window(problem, (allowance - 0.01, 1.5, {"a": 32}), confirmed) is None
-    assert short_of_window(problem, over, [confirmed[0], confirmed[3]]) is None  # under the target, or not under the goal
+    # one under the target, one not under the goal: neither is a plan inside the allowance under the window
+    assert short_of_window(problem, over, [confirmed[0], confirmed[3]]) is None
     problem.aim_shift = 0.03
     assert short_of_window(problem, over, confirmed) is None
 
