@@ -13,6 +13,7 @@ sessions `--repeats` times. One thread has no pool: its rows are the reference.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 
 import torch
@@ -31,8 +32,7 @@ def half_width_pair(name: str) -> tuple[bytes, bytes, tuple[int, ...]]:
     shape = (1, *model_registry.get(name).input_shape[1:])
     example = torch.zeros(shape)
     dense = create_model(name).eval()
-    pruned = create_model(name).eval()
-    pruned.load_state_dict(dense.state_dict())
+    pruned = copy.deepcopy(dense)
     graph = GroupGraph(pruned, example)
     multiple = channel_block()
     graph.apply({g.name: list(range(round_channels(g.channels / 2, g.channels, g.unit_multiple(multiple))))
