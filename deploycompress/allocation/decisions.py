@@ -26,7 +26,7 @@ from ..fileio import write_json
 from .base import AllocationProblem, AllocationResult, Measurement
 
 # Bump when a family or the widening changes what a search returns: older decisions are then ignored.
-DECISION_VERSION = 1
+DECISION_VERSION = 2  # 2: a plan confirmed under the window ships before one over the allowance
 
 
 def baseline_key(problem: AllocationProblem, label: str) -> str:

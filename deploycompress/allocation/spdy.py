@@ -41,7 +41,8 @@ from .latency_model import LatencyModel, build_latency_model
 from .searched import global_family, uniform_family
 from .spdy_dp import coefficient_search, prunable_budget, quadratic_errors, solve_dp
 from .window import (  # noqa: F401 - level_widths, step_into_window and _level_step are this module's API too
-    BASELINE_STEPS, MAX_LEVELS, POLISH_STEPS, _key, _level_step, level_widths, searched_baseline, step_into_window)
+    BASELINE_STEPS, MAX_LEVELS, POLISH_STEPS, _key, _level_step, level_widths, may_ship_short_of_window,
+    searched_baseline, step_into_window)
 
 CALIBRATION_STEPS = 8
 # A measured plan this close to the window (as a ratio of its edge) is stepped in, not re-aimed.
@@ -101,22 +102,17 @@ def choose_plan(accepted: list[tuple], sources: dict[tuple, str], calibration_lo
 
 
 def short_of_window(problem: AllocationProblem, fallback: tuple | None, confirmed) -> tuple | None:
-    """When no plan landed in the window and `fallback` (the least-overshooting plan) is above the
-    allowance too: the fastest plan whose confirming measurement fell under the window's goal but not
-    under the target, else None. Why: the window keeps a margin inside [target, allowance] for the
-    profile's separate measurement, and with few levels per group no plan may land inside it; a plan
-    confirmed at 2.055x for a 2x target (window from 2.06x) was passed over for one at 2.55x (a two-conv
-    model, data-free, four widths per group). Only on a first solve: after the profile measured the
-    chosen plan short of the target (`aim_shift` > 0) the figure under the goal is not to be trusted,
-    and the overshooting plan ships as before."""
-    allowance = problem.target * (1 + problem.max_overshoot)
-    if problem.aim_shift > 0 or (fallback is not None and fallback[0] <= allowance):
+    """Where `window.may_ship_short_of_window` (no plan landed and `fallback`, the least-overshooting
+    plan, is above the allowance too, on a first solve): the fastest plan whose confirming measurement
+    fell under the window's goal but not under the target, else None."""
+    if not may_ship_short_of_window(problem, None if fallback is None else fallback[0]):
         return None
     goal, _ = problem.window
     inside = [entry for entry in confirmed if problem.target <= entry[0] < goal]
     if not inside:
         return None
     chosen = max(inside, key=lambda entry: entry[0])
+    allowance = problem.target * (1 + problem.max_overshoot)
     above = ("nothing measured at or above it" if fallback is None
              else f"the nearest above it measured {fallback[0]:.2f}x")
     problem.notes.append(f"spdy: no plan landed in the window [{goal:.2f}x, {problem.window[1]:.2f}x]; the plan "
@@ -302,6 +298,9 @@ class SPDY(AllocationPolicy):
                 # of 3.26x, that finetuned 0.8 points above the one DP plan SPDY had in its window.
                 if goal <= found.measured_speedup <= problem.target * (1 + problem.max_overshoot):
                     accepted.append((found.measured_speedup, None, found_widths))
+                    sources.setdefault(_key(found_widths), source)
+                elif problem.target <= found.measured_speedup < goal:  # confirmed under the window (window.py)
+                    confirmed.setdefault(_key(found_widths), (found.measured_speedup, None, found_widths))
                     sources.setdefault(_key(found_widths), source)
             for m in problem.meter.history:  # what the baselines measured informs the DP's aims from here on
                 if _key(m.widths) not in modelled:
