@@ -8,7 +8,8 @@ a fresh copy of the dense model instead of pickling pruned modules.
 
 A group's *units* are what a plan keeps or removes. Usually a unit is one channel. Where a grouped
 convolution reads or writes the channels, a unit is one channel offset taken in every one of its
-groups (so each conv group keeps the same width and the same weight columns). For
+groups (so each conv group keeps the same width and the same weight columns); so it is where a
+GroupNorm with several groups normalises them (Torch-Pruning keeps its num_groups). For
 nn.MultiheadAttention a unit is one attention head (attention_heads.py).
 
 Two ways to apply a plan:
@@ -202,20 +203,22 @@ class GroupGraph:
         if count < min_channels:
             reason = f"only {count} channel(s)"
             if units is not None:
-                reason = (f"grouped conv {self._names[grouped]} (groups={grouped.groups}) would lose its equal groups: "
-                          f"each of them holds only {count} of these channels")
+                reason = (f"{self._describe_grouped(grouped)} would lose its equal groups: each of them holds only "
+                          f"{count} of these channels")
             self.skipped.append(SkippedModule(name, reason))
             return
         self.groups.append(ChannelGroup(name, count, members, group, units))
 
     def _grouped_conv_units(self, group, channels: int):
-        """Units for a group that reaches grouped convolutions, or None when each channel is a unit.
+        """Units for a group that reaches grouped convolutions or GroupNorms of several groups, or None
+        when each channel is a unit.
 
         Torch-Pruning removes a grouped conv's input channels by dropping the same weight columns in
         every conv group, and its output channels row by row, so a removal is valid when it takes the
-        same channel offsets in every conv group. Offsets linked through several grouped convs are
-        merged into one unit (union-find over root channel positions).
-        Returns (units or None, the last grouped conv seen, a reason to skip or None).
+        same channel offsets in every conv group. It keeps a GroupNorm's num_groups, so there too each
+        norm group must lose the same offsets (then each keeps its own channels, in order). Offsets
+        linked through several such modules are merged into one unit (union-find over root channel
+        positions). Returns (units or None, the last such module seen, a reason to skip or None).
         """
         parent = list(range(channels))
 
@@ -228,17 +231,23 @@ class GroupGraph:
         found = None
         for item in group:
             module = item.dep.target.module
-            if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
+            if isinstance(module, nn.GroupNorm):
+                if module.num_groups == 1:  # one group: any channel may go (ChannelMasks renormalises the rest)
+                    continue
+                width = module.num_channels
+            elif not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
                 continue
-            if module.groups == module.out_channels:  # depthwise: in and out channels go together
+            elif module.groups == module.out_channels:  # depthwise: in and out channels go together
                 continue
+            elif self.dg.is_in_channel_pruning_fn(item.dep.handler):
+                width = module.in_channels
+            else:
+                width = module.out_channels
             found = module
-            width = module.in_channels if self.dg.is_in_channel_pruning_fn(item.dep.handler) else module.out_channels
-            block = width // module.groups
+            block = width // _group_count(module)
             if len(item.idxs) != width or item.root_idxs is None:
-                return None, module, (f"grouped conv {self._names[module]} (groups={module.groups}) receives only "
-                                      f"{len(item.idxs)} of its {width} channels from this group, "
-                                      "so its groups cannot stay equal")
+                return None, module, (f"{self._describe_grouped(module)} receives only {len(item.idxs)} of its "
+                                      f"{width} channels from this group, so its groups cannot stay equal")
             by_offset: dict[int, list[int]] = {}
             for idx, root in zip(item.idxs, item.root_idxs):
                 by_offset.setdefault(int(idx) % block, []).append(int(root))
@@ -251,6 +260,11 @@ class GroupGraph:
         for c in range(channels):
             units.setdefault(find(c), []).append(c)
         return sorted(units.values(), key=lambda u: u[0]), found, None
+
+    def _describe_grouped(self, module: nn.Module) -> str:
+        if isinstance(module, nn.GroupNorm):
+            return f"GroupNorm {self._names[module]} (num_groups={module.num_groups})"
+        return f"grouped conv {self._names[module]} (groups={module.groups})"
 
     def _add_head_group(self, module: nn.MultiheadAttention, name: str, min_channels: int) -> None:
         reason = attention_heads.head_pruning_blocker(module)
@@ -392,8 +406,8 @@ class ChannelMasks:
 
     Zeroing a channel at its conv *and* its BatchNorm makes it exactly zero downstream (BN would
     otherwise add its shift back), so the masked model computes what the shrunk model computes.
-    LayerNorm normalises over all its channels, so its hook recomputes it over the kept channels
-    only; attention modules recompute their output from the kept heads.
+    LayerNorm and GroupNorm normalise over several channels, so their hooks recompute them over the
+    kept channels only; attention modules recompute their output from the kept heads.
     """
 
     def __init__(self, graph: GroupGraph, plan: Plan):
@@ -402,9 +416,9 @@ class ChannelMasks:
             width = _output_width(module)
             if width is None:
                 continue
-            if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+            if _normalises_over_channels(module):
                 kept = sorted(set(range(width)) - set(removed))
-                self.handles.append(module.register_forward_hook(_layer_norm_hook(kept)))
+                self.handles.append(module.register_forward_hook(_norm_over_kept_hook(kept)))
                 continue
             mask = torch.ones(width)
             mask[removed] = 0.0
@@ -418,8 +432,13 @@ class ChannelMasks:
         self.handles = []
 
 
+def _group_count(module: nn.Module) -> int:
+    """Groups of a grouped conv or a GroupNorm: its channels are pruned by the same offsets in each."""
+    return module.num_groups if isinstance(module, nn.GroupNorm) else module.groups
+
+
 def _output_width(module: nn.Module) -> int | None:
-    for attr in ("out_channels", "out_features", "num_features"):
+    for attr in ("out_channels", "out_features", "num_features", "num_channels"):
         if hasattr(module, attr):
             return int(getattr(module, attr))
     if isinstance(module, nn.LayerNorm):
@@ -441,15 +460,27 @@ def _mask_hook(mask: torch.Tensor, module: nn.Module):
     return hook
 
 
-def _layer_norm_hook(kept: list[int]):
-    """LayerNorm over the kept channels only, zeros elsewhere: what the pruned LayerNorm computes."""
+def _normalises_over_channels(module: nn.Module) -> bool:
+    """A norm whose statistics mix the channels (so zeroing some changes the rest): GroupNorm, and
+    LayerNorm over the channel (last) dimension alone."""
+    return isinstance(module, nn.GroupNorm) or (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1)
+
+
+def _norm_over_kept_hook(kept: list[int]):
+    """A LayerNorm (over the last dim) or GroupNorm (over dim 1, in as many groups) of the kept
+    channels only, zeros elsewhere: what the pruned norm computes. For GroupNorm, Torch-Pruning keeps
+    num_groups, and the group's units take the same offsets from every norm group, so each keeps as
+    many channels, in order."""
     index = torch.tensor(kept, dtype=torch.long)
 
-    def hook(module: nn.LayerNorm, inputs, output):
+    def hook(module: nn.Module, inputs, output):
         x = inputs[0]
         idx = index.to(x.device)
         weight = module.weight[idx] if module.weight is not None else None
         bias = module.bias[idx] if module.bias is not None else None
+        if isinstance(module, nn.GroupNorm):
+            kept_out = F.group_norm(x.index_select(1, idx), module.num_groups, weight, bias, module.eps)
+            return torch.zeros_like(output).index_copy(1, idx, kept_out)
         kept_out = F.layer_norm(x.index_select(-1, idx), (len(kept),), weight, bias, module.eps)
         return torch.zeros_like(output).index_copy(-1, idx, kept_out)
 

@@ -65,6 +65,49 @@ def test_grouped_conv_keeps_equal_groups(tmp_path):
     assert grouped["channels_before"] == 12 and grouped["channels_after"] < 12
 
 
+def test_group_norm_model_reaches_2x(tmp_path):
+    report = compress(tmp_path, "groupnorm.py:make", "1,3,32,32")
+    assert_compressed(report, tmp_path)
+    assert report["skipped_groups"] == []
+    # 96 channels in 8 norm groups: a unit is one channel offset in all 8 groups, so 12 units
+    assert layer(report, "residual.0")["channels_before"] == 12
+    assert all(entry["channels_after"] < entry["channels_before"] for entry in report["layers"])
+
+
+@pytest.mark.parametrize("num_groups", [1, 4, 12])
+def test_masked_group_norm_equals_pruned(num_groups):
+    """ChannelMasks renormalises a GroupNorm over the kept channels in as many groups, which is what the
+    pruned GroupNorm (Torch-Pruning keeps num_groups) computes; with trained-looking affine terms."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 48, 3, padding=1), nn.GroupNorm(num_groups, 48), nn.SiLU(),
+                          nn.Conv2d(48, 8, 3, padding=1)).eval()
+    nn.init.normal_(model[1].weight)
+    nn.init.normal_(model[1].bias)
+    graph = GroupGraph(model, torch.zeros(1, 3, 8, 8), verify=True)
+    assert graph.skipped == [] and [g.name for g in graph.groups] == ["0"]
+    assert graph["0"].channels == 48 // num_groups if num_groups > 1 else 48
+    plan = {"0": [u for u in range(graph["0"].channels) if u % 3]}
+    x = torch.randn(2, 3, 8, 8)
+    masks = ChannelMasks(graph, plan)
+    with torch.no_grad():
+        masked = model(x)
+    masks.remove()
+    pruned = apply_plan(copy.deepcopy(model), torch.zeros(1, 3, 8, 8), plan)
+    assert pruned[1].num_channels == len(graph["0"].root_channels(plan["0"])) and pruned[1].num_groups == num_groups
+    with torch.no_grad():
+        assert torch.allclose(masked, pruned(x), atol=1e-5)
+
+
+def test_group_norm_of_single_channels_is_left_dense_with_its_reason():
+    """num_groups == num_channels (instance norm by another name): Torch-Pruning keeps num_groups, so no
+    channel can go without breaking the norm; the group is left dense and the report says why."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.GroupNorm(16, 16), nn.Conv2d(16, 4, 3)).eval()
+    graph = GroupGraph(model, torch.zeros(1, 3, 8, 8), verify=True)
+    assert graph.groups == []
+    (skipped,) = graph.skipped
+    assert "GroupNorm 1 (num_groups=16) would lose its equal groups" in skipped.reason
+
+
 def test_conv1d_sequence_model_reaches_2x(tmp_path):
     report = compress(tmp_path, "conv1d.py:make", "1,8,512")
     assert_compressed(report, tmp_path)
