@@ -114,12 +114,53 @@ def _trained_zoo_model(entry: zoo.ZooModel, data: data_mod.DataBundle, seed: int
     return model.eval()
 
 
-def _token_input_hint(model: nn.Module, error: str) -> str:
-    """Why an embedding model fails on the float input every run feeds it: said, not left to the error."""
+def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """(one input sample, the model's output on it, the token-id range or None). A float tensor, unless
+    the model looks its input up in an nn.Embedding: then int64 token ids, below the number of entries of
+    the embedding that reads the input (the smallest of those it calls, where none reads it directly).
+    Which is which is found by running the model, as a user's forward may do anything first."""
+    example = torch.zeros((1, *shape[1:]))
+    try:
+        with torch.no_grad():
+            return example, model(example), None
+    except Exception as exc:  # noqa: BLE001 - a shape mismatch surfaces as any of several errors
+        first = str(exc).splitlines()[0][:200]
+        hint = _input_hint(model, first)
+        if not _looks_up_embedding(model, first):
+            raise UserError(f"input shape {shape} does not fit the model: {first}{hint}") from None
+    tokens = example.long()
+    called: list[tuple[bool, int]] = []  # (reads the model's input itself, entries) per embedding call
+
+    def record(module, inputs):
+        called.append((inputs[0] is tokens, module.num_embeddings))
+
+    embeddings = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    handles = [m.register_forward_pre_hook(record) for m in embeddings]
+    try:
+        with torch.no_grad():
+            out = model(tokens)
+    except Exception as exc:  # noqa: BLE001 - as above: one line, whatever the model raises
+        first = str(exc).splitlines()[0][:200]
+        raise UserError(f"input shape {shape} does not fit the model: {first} (with int64 token ids, as its input "
+                        "goes into an nn.Embedding)") from None
+    finally:
+        for h in handles:
+            h.remove()
+    direct = [entries for reads_input, entries in called if reads_input]
+    return tokens, out, min(direct or [entries for _, entries in called])
+
+
+def _looks_up_embedding(model: nn.Module, error: str) -> bool:
     embeds = any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
-    if embeds and ("indices" in error or "Long" in error):
-        return (" (the model looks up an nn.Embedding with its input: deploycompress feeds float tensors, and "
-                "models that take integer token ids are not supported)")
+    return embeds and ("indices" in error or "Long" in error)
+
+
+def _input_hint(model: nn.Module, error: str) -> str:
+    """Why a model that takes more than one input fails on the one tensor every run feeds it: said,
+    not left to the error."""
+    if "missing" in error and "required positional argument" in error:
+        return (" (deploycompress feeds forward one tensor of --input-shape; models that take several inputs "
+                "are not supported: wrap the model in a module whose forward takes one)")
     return ""
 
 
@@ -138,11 +179,9 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     if data is not None and tuple(shape[1:]) != tuple(data.input_shape[1:]):
         raise UserError(f"--input-shape {','.join(map(str, shape))} does not match the data's samples "
                         f"{tuple(data.input_shape[1:])}")
-    if data is None:
-        data = data_mod.random_data(tuple(shape), count=max(256, config.prune.calibration_samples), seed=config.seed)
-    num_classes = data.num_classes
+    num_classes = data.num_classes if data is not None else None
     if entry is not None and config.weights is None:
-        if not data.has_labels:
+        if data is None or not data.has_labels:
             raise UserError(f"zoo model {entry.name} has no trained weights for unlabelled data; pass --weights")
         dense = _trained_zoo_model(entry, data, config.seed)
     else:
@@ -150,14 +189,12 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
         if config.weights:
             loading.load_weights(dense, config.weights)
     dense.eval()
-    example = torch.zeros((1, *shape[1:]))
-    try:
-        with torch.no_grad():
-            out = dense(example)
-    except Exception as exc:  # noqa: BLE001 - a shape mismatch surfaces as any of several errors
-        first = str(exc).splitlines()[0][:200]
-        hint = _token_input_hint(dense, first)
-        raise UserError(f"input shape {tuple(shape)} does not fit the model: {first}{hint}") from None
+    example, out, vocab = _example_input(dense, tuple(shape))
+    if data is None:
+        data = data_mod.random_data(tuple(shape), count=max(256, config.prune.calibration_samples), seed=config.seed,
+                                    vocab=vocab)
+    elif vocab is not None:
+        data = data_mod.as_token_ids(data, vocab, f"--data {config.data or data.name}")
     if not isinstance(out, torch.Tensor):
         # Training, distillation, the ONNX parity check and the accuracy all read one output tensor.
         raise UserError(f"--model {config.model}: forward returns a {type(out).__name__}, not one tensor; "
@@ -174,5 +211,7 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     for p in dense.parameters():
         p.requires_grad_(False)
     ctx = RunContext(config, run_dir, dense, working_copy(dense), data, example)
+    ctx.report["input"] = {"shape": list(shape), "dtype": str(example.dtype).removeprefix("torch."),
+                           "token_ids_below": vocab}
     ctx.report["accuracy"] = {"dense": accuracy(dense, data.x_test, data.y_test), "compressed": None}
     return ctx

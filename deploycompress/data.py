@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -161,12 +161,34 @@ def load_digits_distorted(size: int = 16, seed: int = 0) -> DataBundle:
                       (x_val - 0.5) / 0.5, y_val, originals)
 
 
-def random_data(input_shape: tuple[int, ...], count: int = 256, seed: int = 0) -> DataBundle:
-    """Data-free mode: Gaussian inputs of the model's input shape, no labels."""
+def random_data(input_shape: tuple[int, ...], count: int = 256, seed: int = 0, vocab: int | None = None) -> DataBundle:
+    """Data-free mode: Gaussian inputs of the model's input shape, no labels; for a model that takes
+    token ids (`vocab` entries in its input embedding), ids drawn uniformly from [0, vocab)."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((count, *input_shape[1:]), generator=generator)
+    if vocab is None:
+        x = torch.randn((count, *input_shape[1:]), generator=generator)
+    else:
+        x = torch.randint(0, vocab, (count, *input_shape[1:]), generator=generator)
     n_test = max(1, count // 4)
     return DataBundle("random", x[n_test:], None, x[:n_test], None, None)
+
+
+def as_token_ids(data: DataBundle, vocab: int, source: str) -> DataBundle:
+    """`data` with its inputs as int64 token ids, for a model whose input goes into an nn.Embedding of
+    `vocab` entries. Every input must be a whole number in [0, vocab): a float or out-of-range id
+    would be looked up as some other token, or fail inside the model."""
+    splits = {"x_train": data.x_train, "x_test": data.x_test, "x_val": data.x_val}
+    for name, x in splits.items():
+        if x is None or len(x) == 0:
+            continue
+        if not torch.equal(x, x.round()):
+            raise UserError(f"{source}: the model takes integer token ids (its input goes into an nn.Embedding), "
+                            f"but {name} holds values that are not whole numbers")
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or high >= vocab:
+            raise UserError(f"{source}: {name} holds token ids from {low} to {high}, but the model's input "
+                            f"embedding has {vocab} entries (ids 0 to {vocab - 1})")
+    return replace(data, **{name: None if x is None else x.long() for name, x in splits.items()})
 
 
 BUILTIN_DATASETS = {"digits": load_digits, "digits_distorted": load_digits_distorted}

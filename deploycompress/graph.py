@@ -285,7 +285,11 @@ class GroupGraph:
         groups bisected to find the ones that break.
         """
         generator = torch.Generator().manual_seed(0)
-        x = torch.randn((2, *self.example_input.shape[1:]), generator=generator).to(self.example_input.dtype)
+        shape = (2, *self.example_input.shape[1:])
+        if self.example_input.is_floating_point():
+            x = torch.randn(shape, generator=generator).to(self.example_input.dtype)
+        else:  # token ids: 0 and 1 are in every vocabulary
+            x = torch.randint(0, 2, shape, generator=generator).to(self.example_input.dtype)
         self._by_name = {g.name: g for g in self.groups}
         failures = self._find_failures(self.groups, x)
         for group in self.groups:

@@ -30,6 +30,8 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         "deploycompress": __version__,
         "model": cfg.model,
         "data": ctx.data.name,
+        # shape (batch 1), dtype, and for a model that looks its input up in an nn.Embedding the id range
+        "input": ctx.report.get("input"),
         "target_speedup": cfg.target_speedup,
         # An untrusted measurement is never a pass: target_met is null, and `check` fails on it.
         "target_met": None if measured is None or not latency.get("trusted", True)
@@ -118,6 +120,11 @@ def measured_text(speedup: dict) -> str:
     return f"measured {_fmt(speedup.get('measured'))}x (95% CI {_fmt(ci[0])}-{_fmt(ci[1])}{pairs})"
 
 
+def _token_input_text(shape_and_type: dict | None) -> str:
+    below = (shape_and_type or {}).get("token_ids_below")
+    return "" if below is None else f"; input int64 token ids in [0, {below})"
+
+
 def summary_lines(report: dict) -> list[str]:
     s, lat, acc = report["speedup"], report["latency_ms"], report["accuracy"]
     lines = [
@@ -128,7 +135,8 @@ def summary_lines(report: dict) -> list[str]:
         f"params    {report['params']['dense']:,} -> {report['params']['compressed']:,}; "
         f"MACs {report['macs']['dense']:,} -> {report['macs']['compressed']:,}",
         f"accuracy  dense {_fmt(acc['dense'], '.2f', '%')} -> compressed {_fmt(acc['compressed'], '.2f', '%')}",
-        f"onnx      parity max |torch - ORT| = {report['onnx']['max_abs_diff']:.2e}, opset {report['onnx']['opset']}",
+        f"onnx      parity max |torch - ORT| = {report['onnx']['max_abs_diff']:.2e}, opset {report['onnx']['opset']}"
+        + _token_input_text(report.get("input")),
         f"policy    {report['policy']} with importance {report['importance']}; "
         f"{len(report['search']['candidates'])} candidates measured"
         + (f"; channels in multiples of {report['channel_multiple']} ({report['channel_multiple_source']})"

@@ -146,6 +146,20 @@ def test_transformer_prunes_heads_and_mlp(tmp_path, factory, attention):
     assert "embedding width of nn.MultiheadAttention" in stream["reason"]
 
 
+@pytest.mark.parametrize("factory", ["text.py:make_cnn", "text.py:make_transformer"],
+                         ids=["textcnn", "text-transformer"])
+def test_token_id_model_reaches_2x(tmp_path, factory):
+    """A model that looks its input up in an nn.Embedding is fed int64 ids below the input embedding's
+    size (not the position embedding's 64), exported with an int64 input, and compressed like any other."""
+    import onnxruntime as ort
+
+    report = compress(tmp_path, factory, "1,64")
+    assert_compressed(report, tmp_path)
+    assert report["input"] == {"shape": [1, 64], "dtype": "int64", "token_ids_below": 1000}
+    (graph_input,) = ort.InferenceSession(str(tmp_path / "run" / "model.onnx")).get_inputs()
+    assert graph_input.type == "tensor(int64)"
+
+
 def _attention_inputs(batch_first: bool):
     torch.manual_seed(0)
     q, k = torch.randn(2, 5, 16), torch.randn(2, 7, 12)

@@ -103,6 +103,33 @@ class Tokens(nn.Module):  # integer token ids in
 
 def tokens():
     return Tokens()
+
+
+class TokenSequence(nn.Module):  # integer token ids in, a sequence of exactly 12
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(100, 16)
+        self.fc = nn.Linear(12 * 16, 10)
+
+    def forward(self, x):
+        return self.fc(self.embed(x).flatten(1))
+
+
+def token_sequence():
+    return TokenSequence()
+
+
+class TwoInputs(nn.Module):  # forward(x, y)
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x, y):
+        return self.fc((x + y).flatten(1))
+
+
+def two_inputs():
+    return TwoInputs()
 '''
 
 # Code that must never run: a file the user did not name as file.py:factory, a pickle inside an npz.
@@ -279,8 +306,12 @@ CASES = [
          r"nothing to prune: .*recurrent layers are not pruned\); the output layer\(s\) fc are always kept", starts_run=True),
     Case("ignore-matches-every-layer", lambda w: user(w, "--ignore", "conv|bn", "--finetune-epochs", "0"),
          r"nothing to prune: .*--ignore 'conv\|bn' matched bn, conv", starts_run=True),
-    Case("model-takes-token-ids", lambda w: user(w) + ["--model", f"{w.root}/model.py:tokens", "--input-shape", "1,12"],
-         r"does not fit the model: .*models that take integer token ids are not supported"),
+    Case("token-ids-not-whole-numbers", lambda w: user(w, "--data", w.root / "good.npz") + ["--model", f"{w.root}/model.py:tokens"],
+         r"the model takes integer token ids .*but x_train holds values that are not whole numbers"),
+    Case("token-ids-do-not-fit", lambda w: user(w) + ["--model", f"{w.root}/model.py:token_sequence", "--input-shape", "1,3,12"],
+         r"input shape \(1, 3, 12\) does not fit the model: .*\(with int64 token ids, as its input goes into an nn.Embedding\)"),
+    Case("model-takes-two-inputs", lambda w: user(w) + ["--model", f"{w.root}/model.py:two_inputs"],
+         r"does not fit the model: .*missing 1 required positional argument.*models that take several inputs are not supported"),
     # the input shape
     Case("input-shape-does-not-fit", lambda w: user(w) + ["--input-shape", "1,5,8,8"], r"input shape \(1, 5, 8, 8\) does not fit the model"),
     Case("input-shape-not-numbers", lambda w: user(w) + ["--input-shape", "1,three,8,8"], r"comma-separated integers"),

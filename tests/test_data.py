@@ -246,6 +246,30 @@ def test_random_data_is_seeded():
     assert torch.equal(a.x_train, b.x_train) and a.x_train.shape[1:] == (3, 4) and a.y_train is None
 
 
+def test_random_token_ids_stay_inside_the_vocabulary():
+    data = random_data((1, 12), count=400, seed=1, vocab=50)
+    assert data.x_train.dtype == torch.int64 and data.x_train.shape[1:] == (12,)
+    everything = torch.cat([data.x_train, data.x_test])
+    assert int(everything.min()) == 0 and int(everything.max()) == 49  # the whole range is drawn
+
+
+def test_token_ids_from_data_are_whole_numbers_inside_the_vocabulary():
+    from deploycompress.data import DataBundle, as_token_ids
+
+    ids = torch.tensor([[0.0, 3.0, 9.0], [1.0, 2.0, 4.0]])  # npz arrays arrive as float32
+    labels = torch.tensor([0, 1])
+    data = as_token_ids(DataBundle("ids", ids, labels, ids, labels, 2, ids[:1], labels[:1]), 10, "--data ids.npz")
+    assert all(x.dtype == torch.int64 and torch.equal(x, ids[: len(x)].long())
+               for x in (data.x_train, data.x_test, data.x_val))
+    with pytest.raises(UserError, match=r"--data ids.npz: .*x_train holds values that are not whole numbers"):
+        as_token_ids(DataBundle("ids", ids + 0.5, labels, ids, labels, 2), 10, "--data ids.npz")
+    with pytest.raises(UserError, match=r"x_test holds token ids from 0 to 9, but the model's input embedding has 9 "
+                                        r"entries \(ids 0 to 8\)"):
+        as_token_ids(DataBundle("ids", ids.clamp(max=8), labels, ids, labels, 2), 9, "--data ids.npz")
+    with pytest.raises(UserError, match=r"x_train holds token ids from -1 to 8"):
+        as_token_ids(DataBundle("ids", ids - 1, labels, ids, labels, 2), 10, "--data ids.npz")
+
+
 def test_digits_distorted_is_fixed_and_tests_only_held_out_digits():
     from deploycompress.data import DISTORTED_TEST_COPIES, load_digits, load_digits_distorted
 
