@@ -58,6 +58,17 @@ def test_conv_1x1_matches_linear():
     assert dcp_greedy_input_channels(x, w, 2) == [1, 0]
 
 
+@pytest.mark.parametrize("spatial", [(1,), (1, 1, 1)], ids=["conv1d", "conv3d"])
+def test_conv1d_and_conv3d_match_linear(spatial):
+    """The pipeline scores Conv1d and Conv3d consumers too (a text CNN, a volume model): a 1-wide kernel
+    is the linear worked example again."""
+    x = X.view(3, 3, *spatial)
+    w = WB.view(1, 3, *spatial)
+    norms = input_channel_gradient_norms(x, torch.zeros_like(w), w, {"padding": 0})
+    assert norms.tolist() == pytest.approx([1.0, 1.3333, 0.6667], abs=1e-4)
+    assert dcp_greedy_input_channels(x, w, 2) == [1, 0]
+
+
 def test_q_counts_every_output_element():
     # Two identical output channels: Q = N * n = 6, so each row's gradient is halved and the
     # per-channel norm (sum over outputs) is unchanged.

@@ -1,6 +1,6 @@
 """Discrimination-aware Channel Pruning (DCP): greedy input-channel selection, ALGORITHMS.md §4.
 
-Zhuang et al., NeurIPS 2018. For one layer (a conv via ``F.conv2d`` or a linear layer with a 2-D
+Zhuang et al., NeurIPS 2018. For one layer (a 1-D/2-D/3-D conv or a linear layer with a 2-D
 weight [out, in]) the input channels are chosen greedily starting from the *empty* set with zero
 weights: the channel whose weight column has the largest gradient norm of the loss is added, its
 column is warm-started from the dense weights and the selected weights get SGD steps. (At the
@@ -20,13 +20,17 @@ _MOMENTUM = 0.9
 _WEIGHT_DECAY = 1e-4
 
 
+_CONVOLUTIONS = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}  # by the weight's dimensions
+
+
 def layer_output(x: Tensor, weight: Tensor, conv_kwargs: Optional[dict] = None) -> Tensor:
-    """Y = layer(x; W): ``F.conv2d`` for a 4-D weight, ``x @ W^T`` for a 2-D weight."""
+    """Y = layer(x; W): ``x @ W^T`` for a 2-D weight, ``F.conv1d``/``conv2d``/``conv3d`` for a 3-, 4- or
+    5-D weight (the pruning pipeline scores Conv1d and Conv3d consumers too)."""
     if weight.dim() == 2:
         return x @ weight.t()
-    if weight.dim() == 4:
-        return F.conv2d(x, weight, **(conv_kwargs or {}))
-    raise ValueError(f"weight must be 2-D (linear) or 4-D (conv), got {tuple(weight.shape)}")
+    if weight.dim() in _CONVOLUTIONS:
+        return _CONVOLUTIONS[weight.dim()](x, weight, **(conv_kwargs or {}))
+    raise ValueError(f"weight must be 2-D (linear) or 3- to 5-D (conv), got {tuple(weight.shape)}")
 
 
 def reconstruction_loss(y_dense: Tensor, y: Tensor) -> Tensor:
