@@ -124,10 +124,10 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tens
         with torch.no_grad():
             return example, model(example), None
     except Exception as exc:  # noqa: BLE001 - a shape mismatch surfaces as any of several errors
-        first = str(exc).splitlines()[0][:200]
-        hint = _input_hint(model, first)
-        if not _looks_up_embedding(model, first):
-            raise UserError(f"input shape {shape} does not fit the model: {first}{hint}") from None
+        as_float = str(exc).splitlines()[0][:200]
+        if not _looks_up_embedding(model, as_float):
+            hint = _input_hint(model, as_float)
+            raise UserError(f"input shape {shape} does not fit the model: {as_float}{hint}") from None
     tokens = example.long()
     called: list[tuple[bool, int]] = []  # (reads the model's input itself, entries) per embedding call
 
@@ -146,6 +146,8 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tens
     finally:
         for h in handles:
             h.remove()
+    if not called:  # it takes integers, but not as an embedding's ids: no range to draw them from
+        raise UserError(f"input shape {shape} does not fit the model: {as_float}")
     direct = [entries for reads_input, entries in called if reads_input]
     return tokens, out, min(direct or [entries for _, entries in called])
 

@@ -33,6 +33,7 @@ from conftest import cli_executable
 from deploycompress.models.loading import cache_dir
 
 MODEL_PY = '''
+import torch
 from torch import nn
 
 
@@ -117,6 +118,21 @@ class TokenSequence(nn.Module):  # integer token ids in, a sequence of exactly 1
 
 def token_sequence():
     return TokenSequence()
+
+
+class IndexPicker(nn.Module):  # integer indices in, but not into the embedding it holds
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Embedding(10, 4)
+        self.table = nn.Parameter(torch.randn(20, 8))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.index_select(self.table, 0, x.flatten()))
+
+
+def index_picker():
+    return IndexPicker()
 
 
 class TwoInputs(nn.Module):  # forward(x, y)
@@ -312,6 +328,8 @@ CASES = [
          r"input shape \(1, 3, 12\) does not fit the model: .*\(with int64 token ids, as its input goes into an nn.Embedding\)"),
     Case("model-takes-two-inputs", lambda w: user(w) + ["--model", f"{w.root}/model.py:two_inputs"],
          r"does not fit the model: .*missing 1 required positional argument.*models that take several inputs are not supported"),
+    Case("model-takes-integers-not-token-ids", lambda w: user(w) + ["--model", f"{w.root}/model.py:index_picker", "--input-shape", "1,1"],
+         r"input shape \(1, 1\) does not fit the model: index_select\(\): Expected dtype int32 or int64"),
     # the input shape
     Case("input-shape-does-not-fit", lambda w: user(w) + ["--input-shape", "1,5,8,8"], r"input shape \(1, 5, 8, 8\) does not fit the model"),
     Case("input-shape-not-numbers", lambda w: user(w) + ["--input-shape", "1,three,8,8"], r"comma-separated integers"),
