@@ -39,6 +39,7 @@ def test_report_schema(default_run):
     assert [s["name"] for s in on_disk["stages"]] == ["prune", "finetune", "shrink", "export", "profile"] * attempts
     assert on_disk["speedup"]["measured"] > 0 and on_disk["latency_ms"]["dense"] > 0
     assert on_disk["threads"] == 1 and on_disk["batch_size"] == 1 and on_disk["policy"] == "spdy"
+    assert on_disk["input"]["dtype"] == "float32" and on_disk["input"]["token_ids_below"] is None
     for layer in on_disk["layers"]:
         assert 1 <= layer["channels_after"] <= layer["channels_before"]
         assert layer["latency_ms_before"] >= 0 and layer["latency_ms_after"] >= 0
