@@ -114,6 +114,10 @@ def _trained_zoo_model(entry: zoo.ZooModel, data: data_mod.DataBundle, seed: int
     return model.eval()
 
 
+# The lookups whose input is integer ids: a model that feeds its input to one is fed token ids.
+EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+
+
 def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, int | None]:
     """(one input sample, the model's output on it, the token-id range or None). A float tensor, unless
     the model looks its input up in an nn.Embedding: then int64 token ids, below the number of entries of
@@ -134,7 +138,7 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tens
     def record(module, inputs):
         called.append((inputs[0] is tokens, module.num_embeddings))
 
-    embeddings = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    embeddings = [m for m in model.modules() if isinstance(m, EMBEDDINGS)]
     handles = [m.register_forward_pre_hook(record) for m in embeddings]
     try:
         with torch.no_grad():
@@ -153,7 +157,7 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tens
 
 
 def _looks_up_embedding(model: nn.Module, error: str) -> bool:
-    embeds = any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
+    embeds = any(isinstance(m, EMBEDDINGS) for m in model.modules())
     return embeds and ("indices" in error or "Long" in error)
 
 

@@ -213,6 +213,11 @@ class AllocationProblem:
     baseline_decisions: "BaselineDecisions | None" = None
 
     @property
+    def allowance(self) -> float:
+        """The highest measured speedup allowed: target * (1 + max_overshoot)."""
+        return self.target * (1 + self.max_overshoot)
+
+    @property
     def window(self) -> tuple[float, float]:
         """The measured speedups a search accepts: `margin` inside both ends of the allowed range
         [target, target * (1 + max_overshoot)], because the profile stage measures the chosen model
@@ -222,7 +227,7 @@ class AllocationProblem:
         on a Xeon: the re-solved plan, searched under a ceiling raised with the goal, profiled at
         +10.1%). Where the window would be narrower than 2%, the ceiling is 2% above the goal, at most
         the allowance."""
-        allowance = self.target * (1 + self.max_overshoot)
+        allowance = self.allowance
         goal = self.target * (1 + self.margin)
         goal = min(goal * (1 + self.aim_shift), max(goal, allowance / 1.02))
         ceiling = min(self.target * (1 + self.max_overshoot - self.margin), allowance)

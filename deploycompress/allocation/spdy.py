@@ -112,13 +112,13 @@ def short_of_window(problem: AllocationProblem, fallback: tuple | None, confirme
     if not inside:
         return None
     chosen = max(inside, key=lambda entry: entry[0])
-    allowance = problem.target * (1 + problem.max_overshoot)
     above = ("nothing measured at or above it" if fallback is None
              else f"the nearest above it measured {fallback[0]:.2f}x")
     problem.notes.append(f"spdy: no plan landed in the window [{goal:.2f}x, {problem.window[1]:.2f}x]; the plan "
                          f"confirmed at {chosen[0]:.2f}x, inside the allowed [{problem.target:g}x, "
-                         f"{allowance:.2f}x] but under the window's margin, ships ({above}); should the profile "
-                         "measure it short of the target, the re-solve ships the nearest above the window instead")
+                         f"{problem.allowance:.2f}x] but under the window's margin, ships ({above}); should the "
+                         "profile measure it short of the target, the re-solve ships the nearest above the window "
+                         "instead")
     return chosen
 
 
@@ -296,7 +296,7 @@ class SPDY(AllocationPolicy):
                 # Every plan the baseline's own policy would ship is a candidate, up to the allowance: on
                 # vgg_digits 3x (seed 2) uniform shipped a plan measured at 3.27x, above the loose ceiling
                 # of 3.26x, that finetuned 0.8 points above the one DP plan SPDY had in its window.
-                if goal <= found.measured_speedup <= problem.target * (1 + problem.max_overshoot):
+                if goal <= found.measured_speedup <= problem.allowance:
                     accepted.append((found.measured_speedup, None, found_widths))
                     sources.setdefault(_key(found_widths), source)
                 elif problem.target <= found.measured_speedup < goal:  # confirmed under the window (window.py)

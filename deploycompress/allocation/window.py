@@ -195,8 +195,7 @@ def may_ship_short_of_window(problem: AllocationProblem, nearest_above: float | 
     2.055x was passed over for one at 2.55x. Only on a first solve: after the profile measured the
     chosen plan short of the target (`aim_shift` > 0), a figure under the goal is not to be trusted,
     and the plan above ships as before. SPDY and the baseline policies share the rule."""
-    allowance = problem.target * (1 + problem.max_overshoot)
-    return problem.aim_shift == 0 and (nearest_above is None or nearest_above > allowance)
+    return problem.aim_shift == 0 and (nearest_above is None or nearest_above > problem.allowance)
 
 
 def searched_baseline(problem: AllocationProblem, family: Callable[[float], dict[str, int]], label: str,
@@ -240,7 +239,7 @@ def _search_baseline(problem: AllocationProblem, family: Callable[[float], dict[
     if under is not None:
         problem.notes.append(f"{label}: nothing it measured landed in the window [{problem.window[0]:.2f}x, "
                              f"{problem.window[1]:.2f}x] and the nearest above measured {speedup:.2f}x, over the "
-                             f"allowed {problem.target * (1 + problem.max_overshoot):.2f}x; the plan confirmed at "
+                             f"allowed {problem.allowance:.2f}x; the plan confirmed at "
                              f"{under[0]:.2f}x, inside the allowance but under the window's margin, ships")
         found.details["accepted_as"] = f"{label}, under the window"
         speedup, widened = under
