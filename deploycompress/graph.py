@@ -9,7 +9,8 @@ a fresh copy of the dense model instead of pickling pruned modules.
 A group's *units* are what a plan keeps or removes. Usually a unit is one channel. Where a grouped
 convolution reads or writes the channels, a unit is one channel offset taken in every one of its
 groups (so each conv group keeps the same width and the same weight columns); so it is where a
-GroupNorm with several groups normalises them (Torch-Pruning keeps its num_groups). For
+GroupNorm with several groups normalises them (Torch-Pruning keeps its num_groups); where a split's
+parts meet again in an elementwise op (a GLU), a unit is channel i of every part. For
 nn.MultiheadAttention a unit is one attention head (attention_heads.py).
 
 Two ways to apply a plan:
@@ -40,6 +41,8 @@ from . import attention_heads
 Plan = dict[str, list[int]]  # group name -> kept unit indices (ascending)
 
 _LAST_DIM_TYPES = (nn.Linear, nn.LayerNorm)
+# Torch-Pruning's nodes for torch.split/chunk and unbind: where one root channel can couple to others
+_SPLITS = (tp.ops._SplitOp, tp.ops._UnbindOp)
 # masked and test-pruned outputs must agree to float rounding (relative to the output's scale)
 VERIFY_TOLERANCE = 1e-4
 
@@ -196,13 +199,14 @@ class GroupGraph:
                                               f"nn.MultiheadAttention {attention[0]} (its heads are pruned instead)"))
             return
         units, grouped, reason = self._grouped_conv_units(group, channels)
+        reason = _halving_op_reason(group) or reason
         if reason:
             self.skipped.append(SkippedModule(name, reason))
             return
         count = channels if units is None else len(units)
         if count < min_channels:
             reason = f"only {count} channel(s)"
-            if units is not None:
+            if grouped is not None:
                 reason = (f"{self._describe_grouped(grouped)} would lose its equal groups: each of them holds only "
                           f"{count} of these channels")
             self.skipped.append(SkippedModule(name, reason))
@@ -218,7 +222,9 @@ class GroupGraph:
         same channel offsets in every conv group. It keeps a GroupNorm's num_groups, so there too each
         norm group must lose the same offsets (then each keeps its own channels, in order). Offsets
         linked through several such modules are merged into one unit (union-find over root channel
-        positions). Returns (units or None, the last such module seen, a reason to skip or None).
+        positions), and so are the parts of a split that an elementwise op joins again
+        (`_union_split_partners`). Returns (units or None, the last grouped module seen or None, a reason
+        to skip or None).
         """
         parent = list(range(channels))
 
@@ -228,6 +234,7 @@ class GroupGraph:
                 i = parent[i]
             return i
 
+        coupled = self._union_split_partners(group, channels, parent, find)
         found = None
         for item in group:
             module = item.dep.target.module
@@ -254,12 +261,32 @@ class GroupGraph:
             for roots in by_offset.values():
                 for r in roots[1:]:
                     parent[find(r)] = find(roots[0])
-        if found is None:
+        if found is None and not coupled:
             return None, None, None
         units: dict[int, list[int]] = {}
         for c in range(channels):
             units.setdefault(find(c), []).append(c)
         return sorted(units.values(), key=lambda u: u[0]), found, None
+
+    def _union_split_partners(self, group, channels: int, parent: list[int], find) -> bool:
+        """Unions the root channels Torch-Pruning removes together; True when any are coupled.
+
+        A split that feeds one elementwise op with several of its parts (a GLU: `a, b = conv(x).chunk(2)`,
+        `a * sigmoid(b)`) couples channel i of one part with channel i of the others. DepGraph removes
+        both when asked for one, but the group it lists for all channels maps each to itself, so a
+        channel per unit would let a plan keep one partner and lose the other. Each channel is asked
+        for alone, only in groups that pass a split: it costs one graph walk per channel."""
+        if not any(isinstance(item.dep.target.module, _SPLITS) for item in group):
+            return False
+        root, handler = group[0].dep.target.module, group[0].dep.handler
+        coupled = False
+        for c in range(channels):
+            partners = [int(i) for i in self.dg.get_pruning_group(root, handler, [c])[0].idxs]
+            for p in partners:
+                if p != c and 0 <= p < channels:
+                    parent[find(p)] = find(c)
+                    coupled = True
+        return coupled
 
     def _describe_grouped(self, module: nn.Module) -> str:
         if isinstance(module, nn.GroupNorm):
@@ -313,8 +340,7 @@ class GroupGraph:
 
     def _trial(self, groups: list[ChannelGroup], x: torch.Tensor) -> str | None:
         """Why removing a few units of each group breaks the model, or None when it is exact."""
-        # Every fourth unit from the second: spread out, so index bookkeeping errors show.
-        plan = {g.name: [u for u in range(g.channels) if u % 4 != 1] for g in groups}
+        plan = {g.name: _trial_kept_units(g.channels) for g in groups}
         was_training = self.model.training
         self.model.eval()
         try:
@@ -399,6 +425,16 @@ class GroupGraph:
                 if self._by_name[name].kind == "heads" and len(kept) < self._by_name[name].channels}
 
 
+def _trial_kept_units(count: int) -> list[int]:
+    """The units a verification trial keeps: all but a quarter, drawn at random (seeded by the count).
+    Spread out, so index bookkeeping errors show, and without a period: removing every fourth unit took
+    the same offsets from both halves of an F.glu, which Torch-Pruning maps as if it kept its width,
+    so the trial passed a group that other plans break."""
+    generator = torch.Generator().manual_seed(count)
+    removed = set(torch.randperm(count, generator=generator)[:max(1, count // 4)].tolist())
+    return [u for u in range(count) if u not in removed]
+
+
 def apply_plan(model: nn.Module, example_input: torch.Tensor, plan: Plan, ignore: str | None = None) -> nn.Module:
     """Replay a plan on `model` in place and return it."""
     GroupGraph(model, example_input, ignore, min_channels=1).apply(plan)
@@ -434,6 +470,18 @@ class ChannelMasks:
         for h in self.handles:
             h.remove()
         self.handles = []
+
+
+def _halving_op_reason(group) -> str | None:
+    """Why a group that passes through F.glu / nn.GLU cannot be pruned. GLU halves the channels, and
+    Torch-Pruning maps it as an elementwise op (the same channels in and out), so its consumers would lose
+    the wrong inputs. The verification trial may not notice: a removal that happens to take the same
+    offsets from both halves is exact."""
+    for item in group:
+        if str(getattr(item.dep.target.module, "_grad_fn", "")).startswith("GluBackward"):
+            return ("it feeds F.glu / nn.GLU, whose halving Torch-Pruning does not follow (written as "
+                    "`a, b = x.chunk(2, dim=1); a * torch.sigmoid(b)` it is pruned)")
+    return None
 
 
 def _group_count(module: nn.Module) -> int:

@@ -108,6 +108,46 @@ def test_group_norm_of_single_channels_is_left_dense_with_its_reason():
     assert "GroupNorm 1 (num_groups=16) would lose its equal groups" in skipped.reason
 
 
+def test_gated_units_reach_2x(tmp_path):
+    report = compress(tmp_path, "gated.py:make", "1,3,32,32")
+    assert_compressed(report, tmp_path)
+    assert report["skipped_groups"] == []
+    # 192 channels chunked into 96 values and 96 gates: a unit is a value and its gate, so 96 units
+    assert layer(report, "gate")["channels_before"] == 96
+
+
+def test_glu_halves_are_removed_together():
+    """Channel i of one half of a chunk(2) and channel i of the other meet in `a * sigmoid(b)`:
+    Torch-Pruning removes both when asked for one, so a plan's unit is the pair. With a channel a unit,
+    keeping the first half of the channels removed every channel (an export of 0 channels)."""
+    model = build_user_model(f"{ARCHS / 'gated.py:make'}", 10).eval()
+    example = torch.zeros(1, 3, 32, 32)
+    graph = GroupGraph(model, example, verify=True)
+    assert graph["gate"].units == [[i, i + 96] for i in range(96)]
+    assert graph["gated_tanh"].units == [[i, i + 64] for i in range(64)]
+    plan = {"gate": list(range(48)), "gated_tanh": [u for u in range(64) if u % 3]}
+    x = torch.randn(2, 3, 32, 32)
+    masks = ChannelMasks(graph, plan)
+    with torch.no_grad():
+        masked = model(x)
+    masks.remove()
+    pruned = apply_plan(copy.deepcopy(model), example, plan)
+    assert pruned.gate.out_channels == 96 and pruned.mix[0].in_channels == 48
+    assert pruned.gated_tanh.out_channels == 2 * len(plan["gated_tanh"]) == 2 * pruned.fc.in_features
+    with torch.no_grad():
+        assert torch.allclose(masked, pruned(x), atol=1e-5)
+
+
+def test_glu_function_is_left_dense_with_its_reason():
+    """F.glu halves its input, which Torch-Pruning maps as an elementwise op: a group through it is left
+    dense, said in one line, even where a removal happens to pass the verification trial."""
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.GLU(dim=1), nn.Conv2d(16, 4, 3)).eval()
+    graph = GroupGraph(model, torch.zeros(1, 3, 8, 8), verify=True)
+    assert graph.groups == []
+    (skipped,) = graph.skipped
+    assert skipped.name == "0" and "F.glu / nn.GLU" in skipped.reason
+
+
 def test_conv1d_sequence_model_reaches_2x(tmp_path):
     report = compress(tmp_path, "conv1d.py:make", "1,8,512")
     assert_compressed(report, tmp_path)
