@@ -61,18 +61,30 @@ def export_bytes(model: nn.Module, example_input: torch.Tensor, opset: int = OPS
                                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                                   do_constant_folding=True)
-            except Exception:  # noqa: BLE001 - the legacy exporter cannot trace everything
+            except Exception as legacy:  # noqa: BLE001 - the legacy exporter cannot trace everything
                 buffer = io.BytesIO()
                 batch = torch.export.Dim("batch", min=1, max=4096)
-                program = torch.onnx.export(model, (example_input,), dynamo=True, opset_version=max(opset, 18),
-                                            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                            dynamic_shapes=({0: batch},), verbose=False)
+                try:
+                    program = torch.onnx.export(model, (example_input,), dynamo=True, opset_version=max(opset, 18),
+                                                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                                dynamic_shapes=({0: batch},), verbose=False)
+                except Exception as dynamo:  # noqa: BLE001 - both failed: the model's own error comes first
+                    # (the dynamo exporter's is often only that onnxscript is not installed)
+                    raise UserError(f"ONNX export failed: {_first_line(legacy)} (the dynamo exporter: "
+                                    f"{_first_line(dynamo, 150)})") from None
                 program.save(buffer)
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as one line
-        raise UserError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise UserError(f"ONNX export failed: {_first_line(exc)}") from None
     finally:
         model.train(was_training)
     return buffer.getvalue()
+
+
+def _first_line(exc: Exception, limit: int = 300) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
 def check(model_bytes: bytes) -> onnx.ModelProto:

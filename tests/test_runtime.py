@@ -1,7 +1,9 @@
 """Timing discipline: interleaved comparison, confidence interval, summaries."""
 import numpy as np
+import pytest
 import torch
 
+from deploycompress.errors import UserError
 from deploycompress.latency import runtime
 from deploycompress.onnx_export import export_bytes
 
@@ -77,3 +79,22 @@ def test_channel_block_is_the_padding_ort_applies_to_a_conv_off_the_block():
     [conv] = [e for e in events if e.get("cat") == "Node" and e.get("args", {}).get("op_name") == "Conv"]
     reported = next(iter(conv["args"]["input_type_shape"][1].values()))[0]
     assert reported == -(-24 // block) * block
+
+
+class _Untraceable(torch.nn.Module):
+    """Raises under both exporters' tracing, as a model with unexportable Python would."""
+
+    def forward(self, x):
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            raise RuntimeError("this forward cannot be traced")
+        return x + 1
+
+
+def test_export_failure_names_the_models_own_error():
+    """When the TorchScript exporter fails and the dynamo fallback fails too (here, commonly, because
+    onnxscript is not installed), the one line names the model's error first, not only the fallback's."""
+    with pytest.raises(UserError) as caught:
+        export_bytes(_Untraceable(), torch.zeros(1, 3))
+    message = str(caught.value)
+    assert message.startswith("ONNX export failed: this forward cannot be traced") and "\n" not in message
+    assert "(the dynamo exporter: " in message
