@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from deploycompress.cli import main
-from deploycompress.latency.profiler import ORT_INSERTED, LayerMap, aggregate_events, module_path
+from deploycompress.latency.profiler import ORT_INSERTED, LayerMap, aggregate_events, module_path, resolve_layer
 from deploycompress.onnx_export import export_bytes
 
 
@@ -68,6 +68,20 @@ def run_cli(args: list[str]) -> int:
 ])
 def test_module_path_turns_exporter_scopes_into_module_names(name, layer):
     assert module_path(name) == layer
+
+
+@pytest.mark.parametrize("layer, resolved", [
+    ("mlp.0", "blocks.0.mlp.0"),  # first call: the first module whose path ends so
+    ("mlp.0_1", "blocks.1.mlp.0"),  # "_1": the second
+    ("attn_1", "blocks.1.attn"),
+    ("blocks.0.attn", "blocks.0.attn"),  # already a module's path
+    ("blocks.0.attn.out_proj", "blocks.0.attn.out_proj"),  # inside one
+    ("attn_7", "attn_7"),  # no eighth: left as it is
+    ("(top level)", "(top level)"),
+])
+def test_resolve_layer_finds_modules_the_exporter_scoped_by_name_alone(layer, resolved):
+    modules = ["blocks.0.attn", "blocks.0.mlp.0", "blocks.1.attn", "blocks.1.mlp.0"]
+    assert resolve_layer(layer, modules) == resolved
 
 
 def test_layer_map_follows_ort_fusions_back_to_the_conv(tiny_bytes):

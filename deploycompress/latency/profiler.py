@@ -16,6 +16,7 @@ and use the breakdown for where the time goes.
 from __future__ import annotations
 
 import bisect
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -49,6 +50,31 @@ def module_path(node_name: str) -> str:
         else:
             qualified.append(part)
     return ".".join(qualified)
+
+
+_OCCURRENCE = re.compile(r"^(.*)_(\d+)$")
+
+
+def resolve_layer(layer: str, module_names: list[str]) -> str:
+    """The module a scope path names, where the exporter did not write its full path.
+
+    A module reached through an nn.ModuleDict (`block["mlp"](x)`) or held in a plain attribute is
+    scoped by its own name alone, not under its parent's, and its later calls get "_1", "_2"
+    suffixes: the second block's "blocks.1.mlp.0" is exported as "/mlp/mlp.0_1". Such a path is
+    matched to the modules whose names end with it, suffixes dropped, and the k-th suffix to the k-th
+    of those in `module_names`' order (definition order, which repeated blocks are called in). A path
+    that names a module already, or that matches none, is returned as it is."""
+    if not layer or any(layer == m or layer.startswith(m + ".") for m in module_names):
+        return layer
+    parts, occurrence = [], 0
+    for part in layer.split("."):
+        match = _OCCURRENCE.match(part)
+        if match:
+            part, occurrence = match.group(1), max(occurrence, int(match.group(2)))
+        parts.append(part)
+    base = ".".join(parts)
+    candidates = [m for m in module_names if m == base or m.endswith("." + base)]
+    return candidates[occurrence] if occurrence < len(candidates) else layer
 
 
 class LayerMap:

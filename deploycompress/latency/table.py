@@ -39,7 +39,7 @@ from torch import nn
 from ..fileio import write_json
 from ..graph import GroupGraph
 from . import runtime
-from .profiler import LayerMap, aggregate_events
+from .profiler import LayerMap, aggregate_events, resolve_layer
 
 PROFILE_MIN_RUNS = 20
 PROFILE_WARMUP_RUNS = 5
@@ -140,9 +140,11 @@ def scope_times(events: list[dict], graph: onnx.ModelProto, scopes: dict[str, Op
     """Per-run time (ms) of every node that belongs to each module in `scopes`, keyed by its signature."""
     breakdown = aggregate_events(events, LayerMap(graph), warmup_runs=PROFILE_WARMUP_RUNS)
     totals = dict.fromkeys(scopes, 0.0)
+    modules = list(scopes)
     for node in breakdown["nodes"]:
+        layer = resolve_layer(node["layer"], modules)
         for module in scopes:
-            if node["layer"] == module or node["layer"].startswith(module + "."):
+            if layer == module or layer.startswith(module + "."):
                 totals[module] += node["ms"]
     by_signature: dict[str, list[float]] = {}  # identical attention layers share a signature: average them
     for module, ms in totals.items():
