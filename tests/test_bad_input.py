@@ -92,6 +92,21 @@ def recurrent():
     return Recurrent()
 
 
+class RecurrentWithHidden(nn.Module):  # a wide LSTM, then a prunable hidden layer: 2x is out of reach
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 256, batch_first=True)
+        self.hidden = nn.Linear(256, 64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.hidden(self.lstm(x[:, 0])[0][:, -1])))
+
+
+def recurrent_with_hidden():
+    return RecurrentWithHidden()
+
+
 class Tokens(nn.Module):  # integer token ids in
     def __init__(self):
         super().__init__()
@@ -341,7 +356,12 @@ CASES = [
     Case("target-not-a-number", lambda w: ["--target-speedup", "fast"], r"'fast' is not a number"),
     Case("target-nan", lambda w: ["--target-speedup", "nan"], r"not a number"),
     Case("target-unreachable", lambda w: [w.root / "search.toml", "--target-speedup", "1000", "--finetune-epochs", "0"],
-         r"target 1000x is out of reach: .*measures \d+\.\d\dx", starts_run=True),
+         r"target 1000x is out of reach: .*measures \d+\.\d\dx; \d+% of the dense model's time is in layers no "
+         r"channel group reaches", starts_run=True),
+    Case("target-unreachable-in-a-recurrent-layer",
+         lambda w: user(w) + ["--model", f"{w.root}/model.py:recurrent_with_hidden", "--finetune-epochs", "0"],
+         r"target 2x is out of reach: .*; \d+% of the dense model's time is in layers no channel group reaches: "
+         r"lstm \(LSTM\) \d+%", starts_run=True),
     # the weights
     Case("weights-of-another-model", lambda w: user(w, "--weights", w.root / "other_model.pt"), r"weights do not match the model: .*size mismatch"),
     Case("weights-corrupted", lambda w: user(w, "--weights", w.root / "corrupt.pt"), r"corrupt\.pt: cannot read weights"),

@@ -91,6 +91,8 @@ def test_layer_map_follows_ort_fusions_back_to_the_conv(tiny_bytes):
     assert layers.layer("/layers/layers.0/conv2/Conv_output_0_nchwc") == "layers.0.conv2"
     assert layers.layer("/stem/stem.0/Conv") == "stem.0"
     assert layers.layer("ReorderOutput") == ORT_INSERTED
+    assert layers.layer("fused /fc/Gemm") == "fc"  # a Gemm fused with its activation
+    assert LayerMap(None).layer("fused /fc/Gemm") == "fc"
     assert LayerMap(None).layer("/layers.3/conv1/Conv_token_7") == "layers.3.conv1"
 
 

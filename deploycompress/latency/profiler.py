@@ -92,8 +92,9 @@ class LayerMap:
 
     def _anchor(self, name: str) -> onnx.NodeProto | None:
         """The exported node a profiled name stands for: the node itself, or the producer of the tensor
-        ORT named a fused node after. ORT appends suffixes ("_nchwc", "_token_3"), so strip "_x" tails."""
-        candidate = name
+        ORT named a fused node after. ORT appends suffixes ("_nchwc", "_token_3"), so strip "_x" tails, and
+        prefixes a Gemm it fused with its activation with "fused " ("fused /fc/Gemm")."""
+        candidate = name.removeprefix("fused ")
         for _ in range(4):
             if candidate in self._nodes:
                 return self._nodes[candidate]
@@ -121,7 +122,8 @@ class LayerMap:
             anchor = self._anchor(profiled_name)
             if anchor is None:
                 # No exported node: ORT inserted it, or we had no graph; fall back to the name's scope.
-                scope = module_path(profiled_name) if "/" in profiled_name else ""
+                unprefixed = profiled_name.removeprefix("fused ")
+                scope = module_path(unprefixed) if "/" in unprefixed else ""
                 self._cache[profiled_name] = scope or (ORT_INSERTED if self._nodes else TOP_LEVEL)
             else:
                 self._cache[profiled_name] = module_path(self._compute_node(anchor).name) or TOP_LEVEL
@@ -200,6 +202,27 @@ def operator_breakdown(model: str | Path | bytes, threads: int = 1, batch_size: 
     events = runtime.profiled_events(model, threads, device, batch_size, warmup=warmup, runs=runs, seed=seed,
                                      stop_spinning=False)  # one session alone: ORT's default, as deployed
     return aggregate_events(events, LayerMap(_load_graph(model)), warmup_runs=warmup)
+
+
+def time_outside(breakdown: dict, module_types: dict[str, str], reached: set[str], top: int = 3) -> str | None:
+    """Where the time goes that pruning cannot shrink: ", 96% of the dense model's time is in layers no
+    channel group reaches: lstm (LSTM) 95%, ..." from an `operator_breakdown` of the dense model, the type
+    name of every module by name (in definition order) and the modules some group prunes. None when
+    nothing was profiled."""
+    total = breakdown["total_ms"]
+    if not total:
+        return None
+    names = list(module_types)
+    outside: dict[str, float] = defaultdict(float)
+    for row in breakdown["layers"]:
+        layer = resolve_layer(row["name"], names)
+        if not any(layer == m or layer.startswith(m + ".") for m in reached):
+            outside[layer] += row["ms"]
+    largest = sorted(outside.items(), key=lambda item: -item[1])[:top]
+    listed = ", ".join(f"{name} ({module_types[name]}) {ms / total:.0%}" if name in module_types
+                       else f"{name} {ms / total:.0%}" for name, ms in largest)
+    return (f"{sum(outside.values()) / total:.0%} of the dense model's time is in layers no channel group "
+            f"reaches: {listed}")
 
 
 def profile_model(model: str | Path, threads: list[int], batch_sizes: list[int], device: str = "cpu",

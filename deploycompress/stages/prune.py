@@ -14,14 +14,15 @@ from ..allocation.base import model_digest
 from ..allocation.decisions import BaselineDecisions
 from ..models.loading import cache_dir
 from ..context import RunContext
-from ..errors import UserError
+from ..errors import TargetUnreachable, UserError
 from ..fileio import atomic_write, write_json
 from ..allocation.latency_model import build_latency_model
 from ..data import DataBundle
 from ..graph import ChannelMasks, GroupGraph, Plan
+from ..onnx_export import export_bytes
 from ..allocation.sap import layer_pqi
 from ..importance import ScoringContext, criterion_scorer
-from ..latency import runtime
+from ..latency import profiler, runtime
 from ..training import predict
 from .base import Stage
 from .finetune import (finetune_epochs, finetune_round_fn, record_pqi_after, regularize_before_scoring,
@@ -232,6 +233,16 @@ def nothing_to_prune(graph: GroupGraph, ignore: str | None) -> str:
             "heads; recurrent layers are not pruned)" + "".join(f"; {reason}" for reason in why))
 
 
+def time_outside_groups(ctx: RunContext, graph: GroupGraph) -> str | None:
+    """Why a target is out of reach, from one profile of the dense model: how much of its time is in
+    layers no group shrinks (a recurrent layer, an embedding, a group left dense), and which."""
+    cfg = ctx.config
+    breakdown = profiler.operator_breakdown(export_bytes(ctx.dense, ctx.example_input), cfg.profile.threads,
+                                            cfg.profile.batch_size, cfg.device)
+    types = {name: type(module).__name__ for name, module in ctx.dense.named_modules() if name}
+    return profiler.time_outside(breakdown, types, {m for g in graph.groups for m in g.members})
+
+
 class PruneStage(Stage):
     name = "prune"
     # pruned.pt: the working model's weights, which regularised phases and SAP's rounds have trained
@@ -290,7 +301,11 @@ class PruneStage(Stage):
                 problem.notes.append(f"pruned again (re-solve {len(ctx.resolves)}): the profile measured "
                                      f"{last['measured']:.2f}x against the {cfg.target_speedup:g}x target, so "
                                      f"the search window's goal is raised by {last['aim_shift']:.1%}")
-        result = policies.get(cfg.prune.policy)().allocate(problem)
+        try:
+            result = policies.get(cfg.prune.policy)().allocate(problem)
+        except TargetUnreachable as exc:
+            where = time_outside_groups(ctx, graph)
+            raise TargetUnreachable(f"{exc}; {where}" if where else str(exc), exc.best_speedup) from None
         # Per-group latency and the whole-model prediction, for every policy: the latency model is fitted
         # to every candidate measured during the search except the chosen plan itself, so the error of
         # the prediction reported here is an honest out-of-sample figure.
