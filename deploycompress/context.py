@@ -195,6 +195,10 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
         if config.weights:
             loading.load_weights(dense, config.weights)
     dense.eval()
+    baked = loading.bake_reparametrizations(dense)
+    if baked:
+        print(f"model: weight reparametrizations baked into plain weights (Torch-Pruning cannot prune them; "
+              f"the function is unchanged): {', '.join(baked)}")
     example, out, vocab = _example_input(dense, tuple(shape))
     if data is None:
         data = data_mod.random_data(tuple(shape), count=max(256, config.prune.calibration_samples), seed=config.seed,
@@ -219,5 +223,8 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     ctx = RunContext(config, run_dir, dense, working_copy(dense), data, example)
     ctx.report["input"] = {"shape": list(shape), "dtype": str(example.dtype).removeprefix("torch."),
                            "token_ids_below": vocab}
+    if baked:
+        ctx.report["model_notes"] = [f"weight reparametrizations baked into plain weights before pruning, the "
+                                     f"function unchanged (the finetune trains the plain weights): {', '.join(baked)}"]
     ctx.report["accuracy"] = {"dense": accuracy(dense, data.x_test, data.y_test), "compressed": None}
     return ctx

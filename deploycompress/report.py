@@ -81,7 +81,8 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         "layers": prune.get("layers", []),
         "skipped_groups": prune.get("skipped", []),
         "ignored_modules": prune.get("ignored", []),
-        "notes": prune.get("notes", []),  # one line each where a method fell back or adapted itself
+        # one line each where the model was adapted, or a method fell back or adapted itself
+        "notes": ctx.report.get("model_notes", []) + prune.get("notes", []),
         "search": {"candidates": prune.get("candidates", []), "details": prune.get("details", {})},
         "config": cfg.to_dict(),
         "artifacts": {"dense_onnx": "dense.onnx", "compressed_onnx": "model.onnx", "plan": "plan.json"},

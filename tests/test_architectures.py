@@ -16,7 +16,7 @@ from torch import nn
 from conftest import assert_meets_target
 from deploycompress.attention_heads import PrunedMultiheadAttention, head_mask_hook
 from deploycompress.graph import ChannelMasks, GroupGraph, apply_plan
-from deploycompress.models.loading import build_user_model
+from deploycompress.models.loading import bake_reparametrizations, build_user_model
 from deploycompress.pipeline import run_pipeline
 from deploycompress.recipe import FinetuneConfig, ProfileConfig, PruneConfig, RunConfig
 
@@ -146,6 +146,25 @@ def test_glu_function_is_left_dense_with_its_reason():
     assert graph.groups == []
     (skipped,) = graph.skipped
     assert skipped.name == "0" and "F.glu / nn.GLU" in skipped.reason
+
+
+def test_reparametrized_weights_are_baked_and_pruned(tmp_path):
+    """weight_norm (both APIs) and spectral_norm: Torch-Pruning cannot prune a reparametrized weight, so
+    they are baked into plain weights first (exactly, in eval mode), said in the report's notes."""
+    model = build_user_model(f"{ARCHS / 'weightnorm.py:make'}", 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    assert bake_reparametrizations(model) == ["c1 (WeightNorm)", "c2 (weight_norm)", "c3 (spectral_norm)"]
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    assert bake_reparametrizations(model) == []
+    graph = GroupGraph(model, x[:1], verify=True)
+    assert graph.skipped == [] and {g.name for g in graph.groups} == {"c1", "c2", "c3"}
+    report = compress(tmp_path, "weightnorm.py:make", "1,3,32,32")
+    assert_compressed(report, tmp_path)
+    assert report["skipped_groups"] == []
+    assert any("c1 (WeightNorm), c2 (weight_norm), c3 (spectral_norm)" in note for note in report["notes"])
 
 
 def test_conv1d_sequence_model_reaches_2x(tmp_path):

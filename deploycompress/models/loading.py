@@ -189,3 +189,36 @@ def zoo_entry(spec: str):
 
 def is_zoo_name(spec: str) -> bool:
     return ":" not in spec
+
+
+def bake_reparametrizations(model: nn.Module) -> list[str]:
+    """Replace every weight reparametrization (weight_norm, spectral_norm, orthogonal, ...) with the plain
+    weight it computes, in place; one "module (kind)" line per module baked.
+
+    Torch-Pruning cannot remove channels from a parametrized weight (it fails with "attribute 'weight'
+    already exists"), so every group through one was left dense. The ONNX export bakes the weight anyway,
+    and in eval mode the baked model computes exactly what the parametrized one did; what is lost is only
+    the reparametrization during the finetune, which trains the plain weight instead."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    baked = []
+    with warnings.catch_warnings():  # the hook-based weight_norm's removal warns that it is deprecated
+        warnings.simplefilter("ignore")
+        for name, module in model.named_modules():
+            kinds = []
+            if parametrize.is_parametrized(module):
+                for tensor in list(module.parametrizations.keys()):
+                    kinds += [type(p).__name__.lstrip("_") for p in module.parametrizations[tensor]]
+                    parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
+            for hook in list(module._forward_pre_hooks.values()):  # torch.nn.utils.weight_norm / spectral_norm
+                if isinstance(hook, WeightNorm):
+                    torch.nn.utils.remove_weight_norm(module, hook.name)
+                    kinds.append("weight_norm")
+                elif isinstance(hook, SpectralNorm):
+                    torch.nn.utils.remove_spectral_norm(module, hook.name)
+                    kinds.append("spectral_norm")
+            if kinds:
+                baked.append(f"{name or 'the model'} ({', '.join(kinds)})")
+    return baked
