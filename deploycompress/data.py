@@ -72,9 +72,9 @@ def _split_indices(count: int, test_fraction: float, seed: int) -> tuple[np.ndar
     return order[n_test:], order[:n_test]
 
 
-def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+def _split(x: np.ndarray, y: np.ndarray | None, test_fraction: float, seed: int):
     train, test = _split_indices(len(x), test_fraction, seed)
-    return x[train], y[train], x[test], y[test]
+    return x[train], None if y is None else y[train], x[test], None if y is None else y[test]
 
 
 def _digit_images(size: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -206,7 +206,8 @@ def _check_split(source: str, name: str, x: np.ndarray, y: np.ndarray | None) ->
     if len(x) != len(y):
         raise UserError(f"{source}: x_{name} has {len(x)} rows but y_{name} has {len(y)}")
     if y.dtype.kind not in "iu":
-        raise UserError(f"{source}: y_{name} must hold integer class labels, not {y.dtype}")
+        raise UserError(f"{source}: y_{name} must hold integer class labels, not {y.dtype} (a model that is "
+                        "not a classifier is compressed on distillation alone: leave the y_* arrays out)")
     if y.ndim != 1:
         raise UserError(f"{source}: y_{name} must be one class label per sample, got shape {y.shape}")
     if len(y) and y.min() < 0:
@@ -242,7 +243,8 @@ def _bundle(name: str, source: str, x_tr: np.ndarray, y_tr: np.ndarray | None, x
 
 def load_npz(path: str | Path, seed: int = 0) -> DataBundle:
     """x_train/y_train/x_test/y_test, or x/y split deterministically (80/20); either form may add a
-    validation split x_val (and y_val when labelled)."""
+    validation split x_val (and y_val when labelled). Without the y arrays (x_train/x_test, or x) the data
+    is unlabelled: a model that is not a classifier is compressed on distillation alone."""
     path = Path(path)
     try:
         arrays = dict(np.load(path, allow_pickle=False))
@@ -250,16 +252,18 @@ def load_npz(path: str | Path, seed: int = 0) -> DataBundle:
         raise UserError(f"data file not found: {path}") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # corrupt or truncated
         raise UserError(f"{path}: not a readable npz file ({str(exc).splitlines()[0] if str(exc) else exc})") from None
-    if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
-        parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
-    elif {"x", "y"} <= arrays.keys():
-        if len(arrays["x"]) != len(arrays["y"]):
-            raise UserError(f"{path}: x has {len(arrays['x'])} rows but y has {len(arrays['y'])}")
-        if len(arrays["x"]) < 2:
-            raise UserError(f"{path}: x and y need at least 2 rows to split into train and test")
-        parts = list(_split(arrays["x"], arrays["y"], 0.2, seed))
+    if {"x_train", "x_test"} <= arrays.keys():  # _bundle: both splits labelled, or neither
+        parts = [arrays.get(k) for k in ("x_train", "y_train", "x_test", "y_test")]
+    elif "x" in arrays:
+        x, y = arrays["x"], arrays.get("y")
+        if y is not None and len(x) != len(y):
+            raise UserError(f"{path}: x has {len(x)} rows but y has {len(y)}")
+        if len(x) < 2:
+            raise UserError(f"{path}: x needs at least 2 rows to split into train and test")
+        parts = list(_split(x, y, 0.2, seed))
     else:
-        raise UserError(f"{path}: needs arrays x_train, y_train, x_test, y_test (or x and y); found {sorted(arrays)}")
+        raise UserError(f"{path}: needs arrays x_train, x_test (with y_train, y_test for labels), or x (and y); "
+                        f"found {sorted(arrays)}")
     if "y_val" in arrays and "x_val" not in arrays:
         raise UserError(f"{path}: has y_val but no x_val")
     x_tr, y_tr, x_te, y_te = parts
@@ -313,12 +317,7 @@ def load_factory_data(spec: str, seed: int = 0) -> DataBundle:
         x, y = _dataset_arrays(result, spec, "whole")
         if len(x) < 2:
             raise UserError(f"{spec}: the dataset needs at least 2 samples to split into train and test")
-        if y is None:
-            order = np.random.default_rng(seed).permutation(len(x))
-            n_test = max(1, int(round(len(x) * 0.2)))
-            x_tr, y_tr, x_te, y_te = x[order[n_test:]], None, x[order[:n_test]], None
-        else:
-            x_tr, y_tr, x_te, y_te = _split(x, y, 0.2, seed)
+        x_tr, y_tr, x_te, y_te = _split(x, y, 0.2, seed)
     else:
         raise UserError(f"--data: factory {spec} returned {type(result).__name__}; expected (train, test) "
                         "or (train, val, test) datasets")

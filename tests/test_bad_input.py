@@ -372,7 +372,7 @@ CASES = [
     Case("weights-not-a-state-dict", lambda w: user(w, "--weights", w.root / "not_a_state_dict.pt"), r"expected a state_dict"),
     Case("weights-a-python-file", lambda w: user(w, "--weights", w.root / "evil.py"), r"evil\.py: cannot read weights"),
     # the data
-    Case("npz-missing-arrays", lambda w: user(w, "--data", w.root / "only_x.npz"), r"needs arrays x_train, y_train, x_test, y_test \(or x and y\); found \['x_train'\]"),
+    Case("npz-missing-arrays", lambda w: user(w, "--data", w.root / "only_x.npz"), r"needs arrays x_train, x_test \(with y_train, y_test for labels\), or x \(and y\); found \['x_train'\]"),
     Case("npz-lengths-differ", lambda w: user(w, "--data", w.root / "lengths.npz"), r"x has 20 rows but y has 19"),
     Case("npz-nan", lambda w: user(w, "--data", w.root / "nan.npz"), r"NaN or Inf"),
     Case("npz-inf", lambda w: user(w, "--data", w.root / "inf.npz"), r"NaN or Inf"),

@@ -45,7 +45,9 @@ def test_npz_x_y_split_is_deterministic(tmp_path):
 
 
 @pytest.mark.parametrize("arrays,message", [
-    ({"a": np.zeros(3)}, "needs arrays x_train, y_train, x_test, y_test"),
+    ({"a": np.zeros(3)}, r"needs arrays x_train, x_test \(with y_train, y_test for labels\), or x \(and y\)"),
+    ({"x_train": np.zeros((5, 2)), "y_train": np.zeros(5, dtype=int), "x_test": np.zeros((2, 2))},
+     "either both splits have labels or neither does"),
     ({"x": np.zeros((4, 2)), "y": np.zeros(3, dtype=np.int64)}, "x has 4 rows but y has 3"),
     ({"x": np.full((5, 2), np.nan, dtype=np.float32), "y": np.zeros(5, dtype=np.int64)}, "NaN or Inf"),
     ({"x": np.zeros((5, 2)), "y": np.zeros(5)}, "integer class labels"),
@@ -56,6 +58,18 @@ def test_npz_x_y_split_is_deterministic(tmp_path):
 def test_npz_problems_are_named(tmp_path, arrays, message):
     with pytest.raises(UserError, match=message):
         load_npz(write_npz(tmp_path / "d.npz", **arrays))
+
+
+def test_npz_without_labels_is_unlabelled_data(tmp_path):
+    """A model that is not a classifier (a regressor, an autoencoder) brings x arrays alone."""
+    x, _ = xy(50)
+    given = load_npz(write_npz(tmp_path / "given.npz", x_train=x[:40], x_test=x[40:]))
+    assert not given.has_labels and given.num_classes is None and len(given.x_test) == 10
+    split = load_npz(write_npz(tmp_path / "split.npz", x=x), seed=3)
+    assert not split.has_labels and (len(split.x_train), len(split.x_test)) == (40, 10)
+    # the same rows as a labelled file with the same x splits into
+    labelled = load_npz(write_npz(tmp_path / "labelled.npz", x=x, y=np.zeros(50, dtype=np.int64)), seed=3)
+    assert torch.equal(split.x_test, labelled.x_test)
 
 
 def test_npz_may_add_a_validation_split(tmp_path):
