@@ -16,6 +16,7 @@ from torch import nn
 
 from .graph import ChannelGroup, GroupGraph
 from .registry import Registry
+from .training import distillation_losses
 
 
 @dataclass
@@ -113,8 +114,7 @@ class Taylor(_TorchPruningCriterion):
             if scoring.labels is not None:
                 loss = F.cross_entropy(logits, scoring.labels[start:start + 64], reduction="sum")
             else:
-                target = F.softmax(scoring.teacher_logits[start:start + 64], 1)
-                loss = F.kl_div(F.log_softmax(logits, 1), target, reduction="sum")
+                loss = distillation_losses(logits, scoring.teacher_logits[start:start + 64]).sum()
             loss.backward()
         model.train(was_training)
 

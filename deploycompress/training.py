@@ -24,11 +24,21 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> float
     return float((predict(model, x).argmax(1) == y).float().mean() * 100)
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) on softened logits, scaled by T^2 so gradients keep their size."""
+def distillation_losses(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per sample: KL(teacher || student) on softened logits over dim 1 (every other dim summed), scaled
+    by T^2 so gradients keep their size. Where a sample has one output (a regressor's (batch, 1) or
+    (batch,)) the softmax of one value is 1 and the KL is 0 whatever the student computes: a search
+    ranked every plan at loss 0.0. There the squared error against the teacher's outputs stands in."""
+    if student.dim() < 2 or student.shape[1] == 1:
+        return (student - teacher).pow(2).reshape(len(student), -1).sum(1)
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1),
-                    reduction="batchmean") * t * t
+    kl = F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="none")
+    return kl.reshape(len(student), -1).sum(1) * t * t
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The batch mean of `distillation_losses`."""
+    return distillation_losses(student_logits, teacher_logits, temperature).mean()
 
 
 def fit(

@@ -23,7 +23,7 @@ from ..onnx_export import export_bytes
 from ..allocation.sap import layer_pqi
 from ..importance import ScoringContext, criterion_scorer
 from ..latency import profiler, runtime
-from ..training import predict
+from ..training import distillation_losses, predict
 from .base import Stage
 from .finetune import (finetune_epochs, finetune_round_fn, record_pqi_after, regularize_before_scoring,
                        regularized_finetune, short_fit)
@@ -50,14 +50,14 @@ FINALIST_REPEAT_SEED_STEP = 101
 def _loss_objective(ctx: RunContext, x: torch.Tensor, labels: torch.Tensor | None, loss_weight: float = 1.0,
                     error_weight: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
     """logits on `x` -> loss per sample: `loss_weight` x cross-entropy with `labels`, plus `error_weight`
-    for each misclassified sample; without labels, distillation (KL) against the dense model on `x`."""
+    for each misclassified sample; without labels, distillation against the dense model on `x`."""
     teacher = predict(ctx.dense, x)
 
     def objective(logits: torch.Tensor) -> torch.Tensor:
         if labels is not None:
             errors = (logits.argmax(1) != labels).float()
             return loss_weight * F.cross_entropy(logits, labels, reduction="none") + error_weight * errors
-        return F.kl_div(F.log_softmax(logits, 1), F.softmax(teacher, 1), reduction="none").sum(1)
+        return distillation_losses(logits, teacher)
 
     return objective
 
