@@ -70,6 +70,9 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         "macs": ctx.report.get("macs"),
         "accuracy": {"dense": dense_acc, "compressed": comp_acc,
                      "drop": None if dense_acc is None or comp_acc is None else dense_acc - comp_acc},
+        # the compressed ONNX model's outputs against the dense one's on the test split (random inputs
+        # when data-free): relative RMS error, and top-1 agreement for class scores
+        "outputs": ctx.report.get("outputs"),
         "onnx": ctx.report.get("onnx"),
         "policy": prune.get("policy"),
         "importance": prune.get("importance"),
@@ -126,6 +129,14 @@ def _token_input_text(shape_and_type: dict | None) -> str:
     return "" if below is None else f"; input int64 token ids in [0, {below})"
 
 
+def _outputs_text(outputs: dict | None) -> str:
+    if not outputs or outputs.get("relative_rms_error") is None:
+        return ""
+    agreement = outputs.get("top1_agreement")
+    text = f"; outputs vs dense on the {outputs['split']}: relative RMS error {outputs['relative_rms_error']:.1%}"
+    return text + ("" if agreement is None else f", top-1 agreement {agreement:.1f}%")
+
+
 def summary_lines(report: dict) -> list[str]:
     s, lat, acc = report["speedup"], report["latency_ms"], report["accuracy"]
     lines = [
@@ -135,7 +146,8 @@ def summary_lines(report: dict) -> list[str]:
         f"(ONNX Runtime {report['device']}, {report['threads']} thread(s), batch {report['batch_size']})",
         f"params    {report['params']['dense']:,} -> {report['params']['compressed']:,}; "
         f"MACs {report['macs']['dense']:,} -> {report['macs']['compressed']:,}",
-        f"accuracy  dense {_fmt(acc['dense'], '.2f', '%')} -> compressed {_fmt(acc['compressed'], '.2f', '%')}",
+        f"accuracy  dense {_fmt(acc['dense'], '.2f', '%')} -> compressed {_fmt(acc['compressed'], '.2f', '%')}"
+        + _outputs_text(report.get("outputs")),
         f"onnx      parity max |torch - ORT| = {report['onnx']['max_abs_diff']:.2e}, opset {report['onnx']['opset']}"
         + _token_input_text(report.get("input")),
         f"policy    {report['policy']} with importance {report['importance']}; "

@@ -11,7 +11,7 @@ from deploycompress.latency import runtime
 REQUIRED = ["target_speedup", "speedup.measured", "latency_ms.dense", "latency_ms.compressed", "threads",
             "batch_size", "params.dense", "params.compressed", "macs.dense", "macs.compressed", "accuracy.dense",
             "accuracy.compressed", "onnx.max_abs_diff", "stages", "layers", "speedup.predicted",
-            "latency_ms.predicted", "policy"]
+            "latency_ms.predicted", "policy", "outputs.relative_rms_error", "outputs.top1_agreement"]
 
 
 def _get(report, dotted):
@@ -43,6 +43,21 @@ def test_report_schema(default_run):
     for layer in on_disk["layers"]:
         assert 1 <= layer["channels_after"] <= layer["channels_before"]
         assert layer["latency_ms_before"] >= 0 and layer["latency_ms_after"] >= 0
+
+
+def test_outputs_agreement_is_what_the_shipped_models_compute(default_run):
+    """report.outputs, recomputed here from dense.onnx and model.onnx on the test split of the digits."""
+    from deploycompress.data import load_digits
+
+    out, report = default_run
+    x = load_digits(seed=0).x_test.numpy()
+    dense, compressed = (runtime.make_session(str(out / name), threads=1) for name in ("dense.onnx", "model.onnx"))
+    a, b = (s.run(None, {s.get_inputs()[0].name: x})[0] for s in (dense, compressed))
+    outputs = report["outputs"]
+    assert outputs["split"] == "test split" and outputs["samples"] == len(x)
+    assert outputs["top1_agreement"] == pytest.approx((a.argmax(1) == b.argmax(1)).mean() * 100)
+    assert outputs["relative_rms_error"] == pytest.approx(np.sqrt(np.mean((b - a) ** 2) / np.mean(a ** 2)), rel=1e-4)
+    assert 0 < outputs["relative_rms_error"] and 90 < outputs["top1_agreement"] <= 100
 
 
 def test_compressed_model_is_smaller_and_parity_holds(default_run):

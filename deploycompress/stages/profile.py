@@ -9,12 +9,26 @@ from ..latency import runtime
 from .base import Stage
 
 
-def onnx_accuracy(session, x, y) -> float | None:
-    if y is None:
-        return None
+def onnx_outputs(session, x) -> np.ndarray:
     name = session.get_inputs()[0].name
-    logits = np.concatenate([session.run(None, {name: x[i:i + 256].numpy()})[0] for i in range(0, len(x), 256)])
-    return float((logits.argmax(1) == y.numpy()).mean() * 100)
+    return np.concatenate([session.run(None, {name: x[i:i + 256].numpy()})[0] for i in range(0, len(x), 256)])
+
+
+def accuracy_of(outputs: np.ndarray, y) -> float | None:
+    return None if y is None else float((outputs.argmax(1) == y.numpy()).mean() * 100)
+
+
+def output_agreement(dense: np.ndarray, compressed: np.ndarray, split: str) -> dict:
+    """How far the compressed model's outputs are from the dense model's on the same inputs: the one
+    quality figure a model without labels has (a regressor, an autoencoder, a data-free run), and for a
+    classifier how often the two agree on the top class."""
+    dense64, compressed64 = dense.astype(np.float64), compressed.astype(np.float64)
+    scale = float(np.sqrt(np.mean(dense64 ** 2)))
+    error = float(np.sqrt(np.mean((compressed64 - dense64) ** 2)))
+    classes = dense.ndim >= 2 and dense.shape[1] >= 2
+    return {"split": split, "samples": int(len(dense)),
+            "relative_rms_error": error / scale if scale > 0 else None,
+            "top1_agreement": float((dense.argmax(1) == compressed.argmax(1)).mean() * 100) if classes else None}
 
 
 # A verdict needs the 95% interval of the speedup to be narrower than this fraction of the median;
@@ -80,8 +94,11 @@ class ProfileStage(Stage):
                                  "fingerprint": runtime.runtime_fingerprint(cfg.threads, cfg.batch_size,
                                                                             ctx.config.device)}
         # Accuracy of what ships: the ONNX models themselves, on the held-out split.
-        ctx.report["accuracy"] = {"dense": onnx_accuracy(dense, ctx.data.x_test, ctx.data.y_test),
-                                  "compressed": onnx_accuracy(compressed, ctx.data.x_test, ctx.data.y_test)}
+        dense_out, compressed_out = onnx_outputs(dense, ctx.data.x_test), onnx_outputs(compressed, ctx.data.x_test)
+        ctx.report["accuracy"] = {"dense": accuracy_of(dense_out, ctx.data.y_test),
+                                  "compressed": accuracy_of(compressed_out, ctx.data.y_test)}
+        split = "random inputs" if ctx.data.name == "random" else "test split"
+        ctx.report["outputs"] = output_agreement(dense_out, compressed_out, split)
 
     @staticmethod
     def _measure(dense, compressed, feed, cfg, attempts: list[dict]):
