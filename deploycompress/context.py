@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class RunContext:
     model: nn.Module  # the working copy: masked while pruning/finetuning, physically small after shrink
     data: data_mod.DataBundle
     example_input: torch.Tensor  # one sample (batch 1); exports have a dynamic batch axis
+    calibration_count: int = 0  # how many training samples calibrate: see calibration_count()
     graph: GroupGraph | None = None
     plan: Plan | None = None
     masks: ChannelMasks | None = None
@@ -62,7 +64,7 @@ class RunContext:
 
     @property
     def calibration(self) -> torch.Tensor:
-        return self.data.calibration(self.config.prune.calibration_samples)
+        return self.data.calibration(self.calibration_count or self.config.prune.calibration_samples)
 
     def apply_masks(self, plan: Plan) -> None:
         """(Re)build the group graph on the working model and mask what `plan` removes."""
@@ -170,6 +172,36 @@ def _input_hint(model: nn.Module, error: str) -> str:
     return ""
 
 
+# prune.calibration_budget_s never cuts the calibration samples below this many
+CALIBRATION_FLOOR = 64
+
+
+def calibration_count(dense: nn.Module, data: data_mod.DataBundle, config: RunConfig) -> tuple[int, str | None]:
+    """How many training samples calibrate (SPDY's loss, BatchNorm re-estimation), and a note when
+    prune.calibration_budget_s cut them: the dense model is timed on a few samples, and the configured
+    count is halved until one pass over it fits the budget."""
+    prune = config.prune
+    wanted = min(prune.calibration_samples, len(data.x_train))
+    if not prune.calibration_budget_s or wanted <= CALIBRATION_FLOOR:
+        return wanted, None
+    probe = data.x_train[:8]
+    with torch.no_grad():
+        dense(probe[:1])  # warm-up: the first call allocates
+        start = time.perf_counter()
+        dense(probe)
+        per_sample = (time.perf_counter() - start) / len(probe)
+    full = per_sample * wanted
+    count = wanted
+    while count > CALIBRATION_FLOOR and count * per_sample > prune.calibration_budget_s:
+        count = max(CALIBRATION_FLOOR, count // 2)
+    if count == wanted:
+        return wanted, None
+    return count, (f"calibration on the first {count} of {wanted} training samples: one pass of the dense model "
+                   f"over all {wanted} takes about {full:.0f} s here, over prune.calibration_budget_s "
+                   f"({prune.calibration_budget_s:g} s), and SPDY's search makes about {prune.spdy_evaluations} "
+                   "such passes")
+
+
 def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     torch.manual_seed(config.seed)
     entry = loading.zoo_entry(config.model)
@@ -220,11 +252,17 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
             raise UserError(f"labels go up to {top} but the model has {out.shape[1]} outputs")
     for p in dense.parameters():
         p.requires_grad_(False)
-    ctx = RunContext(config, run_dir, dense, working_copy(dense), data, example)
+    count, cut = calibration_count(dense, data, config)
+    if cut:
+        print(f"model: {cut}")
+    ctx = RunContext(config, run_dir, dense, working_copy(dense), data, example, count)
     ctx.report["input"] = {"shape": list(shape), "dtype": str(example.dtype).removeprefix("torch."),
                            "token_ids_below": vocab}
+    # notes from setting the run up (report.json "notes", before the prune stage's)
+    ctx.report["setup_notes"] = [cut] if cut else []
     if baked:
-        ctx.report["model_notes"] = [f"weight reparametrizations baked into plain weights before pruning, the "
-                                     f"function unchanged (the finetune trains the plain weights): {', '.join(baked)}"]
+        ctx.report["setup_notes"].append(f"weight reparametrizations baked into plain weights before pruning, the "
+                                         f"function unchanged (the finetune trains the plain weights): "
+                                         f"{', '.join(baked)}")
     ctx.report["accuracy"] = {"dense": accuracy(dense, data.x_test, data.y_test), "compressed": None}
     return ctx

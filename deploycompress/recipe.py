@@ -53,6 +53,11 @@ class PruneConfig:
     # 8 cells (vgg_digits 3x seed 1: 46.4% -> 66.1%), lower in 3 (mobilenet_digits 2x seed 0: 46.6% ->
     # 26.4%): mean +3.3 points, and a run-to-run spread larger than the difference.
     calibration_samples: int = 1024
+    # ... unless one pass of the dense model over them takes longer than this (timed when the run starts):
+    # then the largest halving that fits, never below 64. SPDY's search makes about a hundred such
+    # passes and each step into the window a dozen; a ResNet-18 at 64x64 took 46 s a pass over 1024 on
+    # one core, so one search would have run for over an hour. The zoo's models take under 1 s. 0: no cap.
+    calibration_budget_s: float = 3.0
     max_overshoot: float = 0.10  # measured speedup may exceed the target by at most this fraction
     search_rounds: int = 15  # measured-latency rounds per candidate in the search
     spdy_evaluations: int = 100  # calibration-loss evaluations in SPDY's coefficient search
@@ -80,6 +85,8 @@ class PruneConfig:
             raise UserError("prune.channel_multiple must be at least 1")
         if self.calibration_samples < 1:
             raise UserError("prune.calibration_samples must be at least 1")
+        if self.calibration_budget_s < 0:
+            raise UserError("prune.calibration_budget_s must be 0 (no cap) or more")
         if not 0 < self.max_overshoot < 1:
             raise UserError("prune.max_overshoot must be between 0 and 1")
         if self.resolve_attempts < 0:

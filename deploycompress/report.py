@@ -32,6 +32,8 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         "data": ctx.data.name,
         # shape (batch 1), dtype, and for a model that looks its input up in an nn.Embedding the id range
         "input": ctx.report.get("input"),
+        # training samples that scored the search's candidates and re-estimated BatchNorm
+        "calibration_samples": ctx.calibration_count,
         "target_speedup": cfg.target_speedup,
         # An untrusted measurement is never a pass: target_met is null, and `check` fails on it.
         "target_met": None if measured is None or not latency.get("trusted", True)
@@ -85,7 +87,7 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         "skipped_groups": prune.get("skipped", []),
         "ignored_modules": prune.get("ignored", []),
         # one line each where the model was adapted, or a method fell back or adapted itself
-        "notes": ctx.report.get("model_notes", []) + prune.get("notes", []),
+        "notes": ctx.report.get("setup_notes", []) + prune.get("notes", []),
         "search": {"candidates": prune.get("candidates", []), "details": prune.get("details", {})},
         "config": cfg.to_dict(),
         "artifacts": {"dense_onnx": "dense.onnx", "compressed_onnx": "model.onnx", "plan": "plan.json"},
