@@ -258,6 +258,7 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     ctx = RunContext(config, run_dir, dense, working_copy(dense), data, example, count)
     ctx.report["input"] = {"shape": list(shape), "dtype": str(example.dtype).removeprefix("torch."),
                            "token_ids_below": vocab}
+    ctx.report["calibration_samples"] = count
     # notes from setting the run up (report.json "notes", before the prune stage's)
     ctx.report["setup_notes"] = [cut] if cut else []
     if baked:

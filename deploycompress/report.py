@@ -33,7 +33,7 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         # shape (batch 1), dtype, and for a model that looks its input up in an nn.Embedding the id range
         "input": ctx.report.get("input"),
         # training samples that scored the search's candidates and re-estimated BatchNorm
-        "calibration_samples": ctx.calibration_count,
+        "calibration_samples": ctx.report.get("calibration_samples"),
         "target_speedup": cfg.target_speedup,
         # An untrusted measurement is never a pass: target_met is null, and `check` fails on it.
         "target_met": None if measured is None or not latency.get("trusted", True)

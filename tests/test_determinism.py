@@ -25,6 +25,7 @@ from deploycompress.fileio import write_json
 from deploycompress.latency import runtime
 from deploycompress.recipe import build_config
 from deploycompress.report import build_report
+from deploycompress.stages import profile as profile_stage
 from deploycompress.stages.profile import MAX_REPEATS, ProfileStage
 from deploycompress.stages.prune import PruneStage
 
@@ -109,6 +110,8 @@ def profile_with(monkeypatch, tmp_path: Path, results: list[runtime.Comparison],
     monkeypatch.setattr(runtime, "make_session", lambda *args, **kwargs: object())
     monkeypatch.setattr(runtime, "random_feed", lambda *args, **kwargs: {})
     monkeypatch.setattr(runtime, "compare", fake_compare)
+    # the fake sessions run nothing: the models' outputs on the test split are zeros
+    monkeypatch.setattr(profile_stage, "onnx_outputs", lambda session, x: np.zeros((len(x), 10), np.float32))
     config = build_config(None, {"target_speedup": target, "profile": {"rounds": 5, "sessions": sessions}})
     x = torch.zeros(4, 1, 16, 16)
     ctx = SimpleNamespace(config=config, run_dir=tmp_path, report={}, resolves=[],

@@ -25,7 +25,7 @@ def ctx(tmp_path):
     (tmp_path / "dense.onnx").write_bytes(blob)
     (tmp_path / "model.onnx").write_bytes(blob)
     return SimpleNamespace(run_dir=tmp_path, config=SimpleNamespace(profile=ProfileConfig(), device="cpu", seed=0),
-                           report={}, data=SimpleNamespace(x_test=torch.zeros(2, 4), y_test=None))
+                           report={}, data=SimpleNamespace(name="test", x_test=torch.zeros(2, 4), y_test=None))
 
 
 def _script(monkeypatch, speedups: list[float]) -> list[float]:
