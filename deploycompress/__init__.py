@@ -4,7 +4,7 @@ The public front door is small on purpose; everything else lives in its own modu
 """
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "run_pipeline", "build_config"]
+__all__ = ["__version__", "run_pipeline", "build_config", "load_compressed"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from .recipe import build_config
 
         return build_config
+    if name == "load_compressed":
+        from .compressed import load_compressed
+
+        return load_compressed
     raise AttributeError(name)

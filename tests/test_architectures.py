@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from conftest import assert_meets_target
+from deploycompress import load_compressed
 from deploycompress.attention_heads import PrunedMultiheadAttention, head_mask_hook
 from deploycompress.graph import ChannelMasks, GroupGraph, apply_plan
 from deploycompress.models.loading import bake_reparametrizations, build_user_model
@@ -39,6 +40,17 @@ def assert_compressed(report: dict, tmp_path: Path) -> None:
     assert report["onnx"]["max_abs_diff"] <= report["onnx"]["tolerance"]
     assert report["params"]["compressed"] < report["params"]["dense"]
     assert_meets_target(report)
+
+
+def assert_loads_as_the_shipped_model(run_dir: Path, factory: str, x: torch.Tensor) -> None:
+    """load_compressed rebuilds, from a fresh instance of the architecture, the network model.onnx holds."""
+    import onnxruntime as ort
+
+    model = load_compressed(run_dir, build_user_model(f"{ARCHS / factory}", 10))
+    session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    shipped = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(model(x), torch.from_numpy(shipped), atol=1e-4)
 
 
 def layer(report: dict, name: str) -> dict:
@@ -165,6 +177,7 @@ def test_reparametrized_weights_are_baked_and_pruned(tmp_path):
     assert_compressed(report, tmp_path)
     assert report["skipped_groups"] == []
     assert any("c1 (WeightNorm), c2 (weight_norm), c3 (spectral_norm)" in note for note in report["notes"])
+    assert_loads_as_the_shipped_model(tmp_path / "run", "weightnorm.py:make", torch.randn(3, 3, 32, 32))
 
 
 def test_conv1d_sequence_model_reaches_2x(tmp_path):
@@ -203,6 +216,7 @@ def test_transformer_prunes_heads_and_mlp(tmp_path, factory, attention):
     # The residual stream runs through every LayerNorm and attention module: left dense, with the reason.
     (stream,) = report["skipped_groups"]
     assert "embedding width of nn.MultiheadAttention" in stream["reason"]
+    assert_loads_as_the_shipped_model(tmp_path / "run", factory, torch.randn(3, 64, 32))
 
 
 @pytest.mark.parametrize("factory", ["text.py:make_cnn", "text.py:make_transformer"],

@@ -5,6 +5,7 @@ import subprocess
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from deploycompress.latency import runtime
 
@@ -58,6 +59,27 @@ def test_outputs_agreement_is_what_the_shipped_models_compute(default_run):
     assert outputs["top1_agreement"] == pytest.approx((a.argmax(1) == b.argmax(1)).mean() * 100)
     assert outputs["relative_rms_error"] == pytest.approx(np.sqrt(np.mean((b - a) ** 2) / np.mean(a ** 2)), rel=1e-4)
     assert 0 < outputs["relative_rms_error"] and 90 < outputs["top1_agreement"] <= 100
+
+
+def test_load_compressed_rebuilds_the_shipped_model(default_run, tmp_path):
+    """The PyTorch model of a run, from plan.json and compressed.pt on a fresh zoo model; a run directory
+    that is not one, or a model of another architecture, is one UserError line."""
+    from deploycompress import load_compressed
+    from deploycompress.errors import UserError
+    from deploycompress.models.zoo import create_model
+
+    out, report = default_run
+    model = load_compressed(out, create_model("resnet_digits", num_classes=10))
+    assert sum(p.numel() for p in model.parameters()) == report["params"]["compressed"]
+    x = np.random.default_rng(0).standard_normal((4, 1, 16, 16)).astype(np.float32)
+    session = runtime.make_session(str(out / "model.onnx"), threads=1)
+    shipped = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        assert np.allclose(model(torch.from_numpy(x)).numpy(), shipped, atol=1e-4)
+    with pytest.raises(UserError, match="not the directory of a finished run"):
+        load_compressed(tmp_path, create_model("resnet_digits", num_classes=10))
+    with pytest.raises(UserError, match="does not fit this model"):
+        load_compressed(out, create_model("vgg_digits", num_classes=10))
 
 
 def test_compressed_model_is_smaller_and_parity_holds(default_run):

@@ -218,7 +218,19 @@ def bake_reparametrizations(model: nn.Module) -> list[str]:
                     kinds.append("weight_norm")
                 elif isinstance(hook, SpectralNorm):
                     torch.nn.utils.remove_spectral_norm(module, hook.name)
+                    _drop_spectral_norm_load_hook(module)
                     kinds.append("spectral_norm")
             if kinds:
                 baked.append(f"{name or 'the model'} ({', '.join(kinds)})")
     return baked
+
+
+def _drop_spectral_norm_load_hook(module: nn.Module) -> None:
+    """remove_spectral_norm leaves its load_state_dict pre-hook behind on this torch (it looks for the
+    hook by type, and the hook is stored wrapped), and that hook then demands `weight_orig` of every
+    state_dict the baked module loads."""
+    from torch.nn.utils.spectral_norm import SpectralNormLoadStateDictPreHook
+
+    for key, hook in list(module._load_state_dict_pre_hooks.items()):
+        if isinstance(getattr(hook, "hook", hook), SpectralNormLoadStateDictPreHook):
+            del module._load_state_dict_pre_hooks[key]
