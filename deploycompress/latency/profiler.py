@@ -205,7 +205,7 @@ def operator_breakdown(model: str | Path | bytes, threads: int = 1, batch_size: 
 
 
 def time_outside(breakdown: dict, module_types: dict[str, str], reached: set[str], top: int = 3) -> str | None:
-    """Where the time goes that pruning cannot shrink: ", 96% of the dense model's time is in layers no
+    """Where the time goes that pruning cannot shrink: "96% of the dense model's time is in layers no
     channel group reaches: lstm (LSTM) 95%, ..." from an `operator_breakdown` of the dense model, the type
     name of every module by name (in definition order) and the modules some group prunes. None when
     nothing was profiled."""

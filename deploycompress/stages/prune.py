@@ -237,8 +237,11 @@ def time_outside_groups(ctx: RunContext, graph: GroupGraph) -> str | None:
     """Why a target is out of reach, from one profile of the dense model: how much of its time is in
     layers no group shrinks (a recurrent layer, an embedding, a group left dense), and which."""
     cfg = ctx.config
-    breakdown = profiler.operator_breakdown(export_bytes(ctx.dense, ctx.example_input), cfg.profile.threads,
-                                            cfg.profile.batch_size, cfg.device)
+    try:
+        breakdown = profiler.operator_breakdown(export_bytes(ctx.dense, ctx.example_input), cfg.profile.threads,
+                                                cfg.profile.batch_size, cfg.device)
+    except Exception:  # noqa: BLE001 - an explanation that fails must not replace the verdict it explains
+        return None
     types = {name: type(module).__name__ for name, module in ctx.dense.named_modules() if name}
     return profiler.time_outside(breakdown, types, {m for g in graph.groups for m in g.members})
 
