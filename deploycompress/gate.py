@@ -47,10 +47,15 @@ class Bars:
     # The lowest of the profile's fresh session pairs: the median pair's CI understates how far the next
     # pair of sessions reads (a 28 us MLP: CI 2.04-2.07x, pairs 1.98-2.55x).
     min_session_speedup: float | None = None
+    # The compressed model's outputs against the dense one's (report key outputs): what a model without
+    # labels (a regressor, a data-free run) can be held to. Percent.
+    max_output_error: float | None = None  # outputs.relative_rms_error x 100
+    min_top1_agreement: float | None = None  # outputs.top1_agreement
 
     def any_set(self) -> bool:
         return any(v is not None for v in (self.min_speedup, self.max_accuracy_drop, self.min_accuracy,
-                                           self.max_latency_ms, self.min_session_speedup))
+                                           self.max_latency_ms, self.min_session_speedup, self.max_output_error,
+                                           self.min_top1_agreement))
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,26 @@ def evaluate(report: dict, bars: Bars, max_ci_width: float = DEFAULT_MAX_CI_WIDT
                                          f"{bars.max_latency_ms:g} ms (--max-latency-ms)"))
     if bars.min_session_speedup is not None:
         results.append(_lowest_session_bar(report, speedup, bars.min_session_speedup))
+    if bars.max_output_error is not None:
+        error = _number(report, "outputs.relative_rms_error")
+        results.append(_percent_bar(None if error is None else error * 100, "outputs.relative_rms_error",
+                                    "output error", "--max-output-error", bars.max_output_error, at_most=True,
+                                    hint=" (a report written before outputs were compared?)"))
+    if bars.min_top1_agreement is not None:
+        results.append(_percent_bar(_number(report, "outputs.top1_agreement"), "outputs.top1_agreement",
+                                    "top-1 agreement", "--min-top1-agreement", bars.min_top1_agreement,
+                                    at_most=False, hint=" (outputs that are not class scores, or a report "
+                                                        "written before outputs were compared?)"))
     return results
+
+
+def _percent_bar(value: float | None, key: str, what: str, option: str, bar: float, at_most: bool,
+                 hint: str) -> BarResult:
+    if value is None:
+        return _missing(key, option, bar, hint)
+    ok = value <= bar if at_most else value >= bar
+    sign = ("<=" if ok else ">") if at_most else (">=" if ok else "<")
+    return BarResult(ok, f"{what} {value:.2f}% {sign} {bar:g}% ({option})")
 
 
 def _lowest_session_bar(report: dict, measured: float | None, bar: float) -> BarResult:

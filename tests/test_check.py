@@ -22,6 +22,7 @@ GOOD_REPORT = {
     "speedup": {"measured": 2.17, "ci95": [2.12, 2.21], "ratio_spread": 0.04, "session_range": [2.10, 2.20]},
     "accuracy": {"dense": 98.0, "compressed": 97.5, "drop": 0.5},
     "latency_ms": {"dense": 1.30, "compressed": 0.60},
+    "outputs": {"split": "test split", "samples": 360, "relative_rms_error": 0.031, "top1_agreement": 98.6},
 }
 
 
@@ -48,7 +49,7 @@ def write(tmp_path: Path, report) -> Path:
 
 def test_good_report_meets_all_bars():
     bars = Bars(min_speedup=2.0, max_accuracy_drop=1.0, min_accuracy=97.0, max_latency_ms=1.0,
-                min_session_speedup=2.05)
+                min_session_speedup=2.05, max_output_error=5.0, min_top1_agreement=98.0)
     assert check_report(GOOD_REPORT, bars) == []
 
 
@@ -71,6 +72,12 @@ def test_good_report_meets_all_bars():
     ({"speedup__session_range": None, "speedup__measured": 1.95, "speedup__ci95": [1.93, 1.97]},
      Bars(min_session_speedup=2.0), "session speedup 1.95x (one session pair measured) < 2x"),
     ({"speedup__session_range": ...}, Bars(min_session_speedup=2.0), "speedup.session_range is missing"),
+    ({"outputs__relative_rms_error": 0.12}, Bars(max_output_error=5.0),
+     "output error 12.00% > 5% (--max-output-error)"),
+    ({"outputs__top1_agreement": 91.5}, Bars(min_top1_agreement=95.0),
+     "top-1 agreement 91.50% < 95% (--min-top1-agreement)"),
+    ({"outputs": ...}, Bars(max_output_error=5.0), "outputs.relative_rms_error is missing"),
+    ({"outputs__top1_agreement": None}, Bars(min_top1_agreement=95.0), "outputs that are not class scores"),
 ])
 def test_each_failed_bar_is_one_line(changes, bars, needle):
     failed = check_report(report_with(**changes), bars)
@@ -115,6 +122,17 @@ def test_cli_min_session_speedup_fails_a_run_whose_median_pair_passes(tmp_path, 
     assert run_cli(["check", path, "--min-speedup", "2.0", "--min-session-speedup", "2.0"]) == 1
     fails = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
     assert fails == ["FAIL session speedup 1.98x (lowest of the pairs 1.98-2.55x) < 2x (--min-session-speedup)"]
+
+
+def test_cli_gates_a_model_without_labels_on_its_outputs(tmp_path, capsys):
+    """A regressor's report has no accuracy: its release is held to the output error instead."""
+    unlabelled = report_with(accuracy__dense=None, accuracy__compressed=None, accuracy__drop=None,
+                             outputs__top1_agreement=None, outputs__relative_rms_error=0.042)
+    path = write(tmp_path, unlabelled)
+    assert run_cli(["check", path, "--min-speedup", "2.0", "--max-output-error", "5"]) == 0
+    assert run_cli(["check", path, "--min-speedup", "2.0", "--max-output-error", "4"]) == 1
+    fails = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert fails == ["FAIL output error 4.20% > 4% (--max-output-error)"]
 
 
 def test_cli_exit_1_when_the_speedup_is_untrusted(tmp_path, capsys):

@@ -25,6 +25,12 @@ def check(
     min_session_speedup: Optional[float] = typer.Option(
         None, help="The lowest fresh session pair's speedup (speedup.session_range) at least this: "
                    "--min-speedup judges the median pair."),
+    max_output_error: Optional[float] = typer.Option(
+        None, help="The compressed model's outputs against the dense one's on the test split "
+                   "(outputs.relative_rms_error), in percent, at most this: a bar for models without labels."),
+    min_top1_agreement: Optional[float] = typer.Option(
+        None, help="How often the compressed and dense models agree on the top class (outputs.top1_agreement), "
+                   "in percent, at least this."),
     max_ci_width: float = typer.Option(DEFAULT_MAX_CI_WIDTH, min=0.0,
                                        help="The speedup is untrusted when its 95% CI is wider than this fraction of it."),
     max_ratio_spread: float = typer.Option(DEFAULT_MAX_RATIO_SPREAD, min=0.0,
@@ -35,7 +41,8 @@ def check(
 
     report = load_report(report_path)
     bars = Bars(min_speedup=min_speedup, max_accuracy_drop=max_accuracy_drop, min_accuracy=min_accuracy,
-                max_latency_ms=max_latency_ms, min_session_speedup=min_session_speedup)
+                max_latency_ms=max_latency_ms, min_session_speedup=min_session_speedup,
+                max_output_error=max_output_error, min_top1_agreement=min_top1_agreement)
     results = evaluate(report, bars, max_ci_width, max_ratio_spread)
     failed = [r.line for r in results if not r.ok]
     for result in results:
