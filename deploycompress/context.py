@@ -124,11 +124,15 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tens
     """(one input sample, the model's output on it, the token-id range or None). A float tensor, unless
     the model looks its input up in an nn.Embedding: then int64 token ids, below the number of entries of
     the embedding that reads the input (the smallest of those it calls, where none reads it directly).
-    Which is which is found by running the model, as a user's forward may do anything first."""
+    Which is which is found by running the model, as a user's forward may do anything first; a model
+    that takes floats and casts them to ids itself (`self.emb(x.long())`) is a token model too."""
     example = torch.zeros((1, *shape[1:]))
+    as_float = None
     try:
         with torch.no_grad():
-            return example, model(example), None
+            out = model(example)
+        if not _casts_input_to_ids(model, example):
+            return example, out, None
     except Exception as exc:  # noqa: BLE001 - a shape mismatch surfaces as any of several errors
         as_float = str(exc).splitlines()[0][:200]
         if not _looks_up_embedding(model, as_float):
@@ -153,9 +157,38 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tens
         for h in handles:
             h.remove()
     if not called:  # it takes integers, but not as an embedding's ids: no range to draw them from
-        raise UserError(f"input shape {shape} does not fit the model: {as_float}")
+        raise UserError(f"input shape {shape} does not fit the model: {as_float or 'no embedding reads its input'}")
     direct = [entries for reads_input, entries in called if reads_input]
     return tokens, out, min(direct or [entries for _, entries in called])
+
+
+def _casts_input_to_ids(model: nn.Module, example: torch.Tensor) -> bool:
+    """Whether the model, fed floats, looks up exactly their values as ids in an embedding: on random
+    float calibration inputs it would then read negative ids. Three probes of whole numbers (zeros,
+    ones, alternating 0/1), so an embedding read at ids computed some other way (a codebook's nearest
+    entry, positions from arange) does not count."""
+    embeddings = [m for m in model.modules() if isinstance(m, EMBEDDINGS)]
+    if not embeddings:
+        return False
+    probes = [example, torch.ones_like(example),
+              (torch.arange(example.numel()) % 2).reshape(example.shape).to(example.dtype)]
+    for probe in probes:
+        ids = probe.long()
+        read: list[bool] = []
+        handles = [m.register_forward_pre_hook(
+            lambda _m, inputs: read.append(inputs[0].shape == ids.shape and torch.equal(inputs[0], ids)))
+            for m in embeddings]
+        try:
+            with torch.no_grad():
+                model(probe)
+        except Exception:  # noqa: BLE001 - a probe the model refuses decides nothing: not a cast
+            return False
+        finally:
+            for h in handles:
+                h.remove()
+        if not any(read):
+            return False
+    return True
 
 
 def _looks_up_embedding(model: nn.Module, error: str) -> bool:
