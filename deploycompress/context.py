@@ -162,6 +162,24 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tens
     return tokens, out, min(direct or [entries for _, entries in called])
 
 
+def _check_batch_axis(model: nn.Module, example: torch.Tensor) -> None:
+    """One line when the model runs on one sample but not on two: calibration, finetuning and the
+    exported model (its batch axis is dynamic) all feed it batches, and such a model ended the run in a
+    traceback from a shape error deep in the search."""
+    pair = torch.cat([example, example])
+    hint = ("its forward fixes the batch size, e.g. x.view(1, -1); write x.flatten(1) or x.view(x.size(0), -1): "
+            "deploycompress feeds batches")
+    try:
+        with torch.no_grad():
+            out = model(pair)
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises, one line
+        raise UserError(f"the model runs on a batch of 1 but not of 2: {str(exc).splitlines()[0][:200]} "
+                        f"({hint})") from None
+    if isinstance(out, torch.Tensor) and (out.dim() == 0 or out.shape[0] != 2):
+        raise UserError(f"the model returns shape {tuple(out.shape)} for a batch of 2 samples, not one row per "
+                        f"sample ({hint})")
+
+
 def _casts_input_to_ids(model: nn.Module, example: torch.Tensor) -> bool:
     """Whether the model, fed floats, looks up exactly their values as ids in an embedding: on random
     float calibration inputs it would then read negative ids. Three probes of whole numbers (zeros,
@@ -265,6 +283,7 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
         print(f"model: weight reparametrizations baked into plain weights (Torch-Pruning cannot prune them; "
               f"the function is unchanged): {', '.join(baked)}")
     example, out, vocab = _example_input(dense, tuple(shape))
+    _check_batch_axis(dense, example)
     if data is None:
         data = data_mod.random_data(tuple(shape), count=max(256, config.prune.calibration_samples), seed=config.seed,
                                     vocab=vocab)

@@ -58,7 +58,11 @@ class DataBundle:
     def train_loader(self, batch_size: int, seed: int) -> DataLoader:
         tensors = (self.x_train,) if self.y_train is None else (self.x_train, self.y_train)
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=True, generator=generator)
+        # A last batch of one sample is dropped: a BatchNorm1d in training mode cannot normalise one value
+        # per channel and raises (129 training samples in batches of 64 did). Other remainders are kept.
+        single = len(self.x_train) % batch_size == 1 and len(self.x_train) > 1
+        return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=True, generator=generator,
+                          drop_last=single)
 
     def calibration(self, count: int) -> torch.Tensor:
         """The first `count` training inputs: deterministic, so the same seed gives the same plan."""

@@ -92,6 +92,20 @@ def recurrent():
     return Recurrent()
 
 
+class BatchOne(nn.Module):  # runs on one sample only: the view hard-codes the batch size
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).view(1, -1))
+
+
+def batch_one():
+    return BatchOne()
+
+
 class RecurrentWithHidden(nn.Module):  # a wide LSTM, then a prunable hidden layer: 2x is out of reach
     def __init__(self):
         super().__init__()
@@ -345,6 +359,8 @@ CASES = [
          r"does not fit the model: .*missing 1 required positional argument.*models that take several inputs are not supported"),
     Case("model-takes-integers-not-token-ids", lambda w: user(w) + ["--model", f"{w.root}/model.py:index_picker", "--input-shape", "1,1"],
          r"input shape \(1, 1\) does not fit the model: index_select\(\): Expected dtype int32 or int64"),
+    Case("model-fixes-its-batch-size", lambda w: user(w) + ["--model", f"{w.root}/model.py:batch_one"],
+         r"the model runs on a batch of 1 but not of 2: .*\(its forward fixes the batch size, e\.g\. x\.view\(1, -1\)"),
     # the input shape
     Case("input-shape-does-not-fit", lambda w: user(w) + ["--input-shape", "1,5,8,8"], r"input shape \(1, 5, 8, 8\) does not fit the model"),
     Case("input-shape-not-numbers", lambda w: user(w) + ["--input-shape", "1,three,8,8"], r"comma-separated integers"),

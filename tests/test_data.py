@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deploycompress.context import _load_data, build_context
-from deploycompress.data import load_factory_data, load_npz, random_data
+from deploycompress.data import DataBundle, load_factory_data, load_npz, random_data
 from deploycompress.errors import UserError
 from deploycompress.recipe import RunConfig
 
@@ -340,3 +340,21 @@ def test_digits_distorted_is_harder_than_digits():
 def test_digits_distorted_is_a_builtin_data_source(tmp_path):
     bundle = _load_data(RunConfig(model="resnet_digits", data="digits_distorted", out=str(tmp_path)), None)
     assert bundle.name == "digits_distorted" and bundle.num_classes == 10
+
+
+@pytest.mark.parametrize("samples, batches", [(129, [64, 64]), (130, [64, 64, 2]), (128, [64, 64]), (1, [1])])
+def test_a_last_batch_of_one_sample_is_dropped(samples, batches):
+    """A BatchNorm1d in training mode raises on one value per channel (129 samples in batches of 64 did)."""
+    x = torch.randn(samples, 3)
+    bundle = DataBundle("d", x, None, x, None, None)
+    assert [len(b[0]) for b in bundle.train_loader(64, seed=0)] == batches
+
+
+def test_batchnorm_is_recalibrated_without_a_batch_of_one():
+    from types import SimpleNamespace
+
+    from deploycompress.stages.prune import recalibrate_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    recalibrate_batchnorm(SimpleNamespace(model=model, calibration=torch.randn(65, 3)))
+    assert model[1].num_batches_tracked == 1 and not model.training

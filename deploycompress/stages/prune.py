@@ -212,6 +212,8 @@ def recalibrate_batchnorm(ctx: RunContext) -> None:
     ctx.model.train()
     x = ctx.calibration
     for start in range(0, len(x), 64):
+        if len(x[start:start + 64]) == 1 < len(x):
+            break  # one sample: a BatchNorm1d in training mode cannot take it (see DataBundle.train_loader)
         ctx.model(x[start:start + 64])
     ctx.model.eval()
     for bn in bns:
