@@ -256,7 +256,7 @@ class PruneStage(Stage):
     def run(self, ctx: RunContext) -> None:
         cfg = ctx.config
         # verify: test-prune each group on a copy; groups that would break the model stay dense
-        graph = GroupGraph(ctx.model, ctx.example_input, cfg.ignore, verify=True)
+        graph = GroupGraph(ctx.model, ctx.example_input, cfg.ignore, verify=True, verify_inputs=ctx.calibration[:2])
         for skipped in graph.skipped:
             print(f"prune: left {skipped.name} dense: {skipped.reason}")
         if not graph.groups:
