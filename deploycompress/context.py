@@ -162,6 +162,19 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tens
     return tokens, out, min(direct or [entries for _, entries in called])
 
 
+def _to_float32(model: nn.Module) -> str | None:
+    """Converts a float64 or half-precision model to float32, in place; what was converted, or None.
+    The run feeds float32 inputs and exports a float32 model (what ONNX Runtime's CPU kernels run), and a
+    float64 model met its first float32 input with "Input type (float) and bias type (double) should
+    be the same", reported as an input shape that does not fit."""
+    others = sorted({str(t.dtype).removeprefix("torch.") for t in [*model.parameters(), *model.buffers()]
+                     if t.is_floating_point() and t.dtype != torch.float32})
+    if not others:
+        return None
+    model.float()
+    return f"parameters and buffers converted from {', '.join(others)} to float32, as the exported model runs"
+
+
 def _check_batch_axis(model: nn.Module, example: torch.Tensor) -> None:
     """One line when the model runs on one sample but not on two: calibration, finetuning and the
     exported model (its batch axis is dynamic) all feed it batches, and such a model ended the run in a
@@ -278,6 +291,9 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
         if config.weights:
             loading.load_weights(dense, config.weights)
     dense.eval()
+    converted = _to_float32(dense)
+    if converted:
+        print(f"model: {converted}")
     baked = loading.bake_reparametrizations(dense)
     if baked:
         print(f"model: weight reparametrizations baked into plain weights (Torch-Pruning cannot prune them; "
@@ -312,7 +328,7 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
                            "token_ids_below": vocab}
     ctx.report["calibration_samples"] = count
     # notes from setting the run up (report.json "notes", before the prune stage's)
-    ctx.report["setup_notes"] = [cut] if cut else []
+    ctx.report["setup_notes"] = [note for note in (converted, cut) if note]
     if baked:
         ctx.report["setup_notes"].append(f"weight reparametrizations baked into plain weights before pruning, the "
                                          f"function unchanged (the finetune trains the plain weights): "

@@ -1,0 +1,37 @@
+"""What the run checks and adapts about a user's model before pruning it."""
+import torch
+from torch import nn
+
+from deploycompress.context import _to_float32
+from deploycompress.graph import GroupGraph
+
+
+def test_a_float64_model_is_converted_to_float32_and_says_so():
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.LazyLinear(4)).double()
+    model(torch.zeros(1, 1, 6, 6, dtype=torch.float64))
+    note = _to_float32(model)
+    assert note == "parameters and buffers converted from float64 to float32, as the exported model runs"
+    assert all(t.dtype == torch.float32 for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
+    assert _to_float32(model) is None  # float32 already: nothing to say
+
+
+class LogInput(nn.Module):
+    """Takes the log of its input (spectrogram magnitudes, say): NaN on random normal inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(torch.log(x)))).mean((2, 3))
+
+
+def test_verification_uses_the_datas_samples_and_names_non_finite_outputs():
+    """On random normals every group of a log-input model failed verification as 'outputs differ by
+    nan'; on the data's own (positive) samples it is pruned, and on random ones the reason says why."""
+    model, example = LogInput().eval(), torch.ones(1, 1, 8, 8)
+    random_inputs = GroupGraph(model, example, verify=True)
+    assert random_inputs.groups == [] and "not finite (NaN or Inf)" in random_inputs.skipped[0].reason
+    real = GroupGraph(model, example, verify=True, verify_inputs=torch.rand(2, 1, 8, 8) + 0.1)
+    assert [g.name for g in real.groups] == ["conv"] and real.skipped == []
