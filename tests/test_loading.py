@@ -24,6 +24,14 @@ def make_fixed():
 def not_a_model():
     return "hello"
 
+def scripted():
+    import torch
+    return torch.jit.script(nn.Linear(4, 3))
+
+def compiled():
+    import torch
+    return torch.compile(nn.Linear(4, 3))
+
 def broken():
     raise ValueError("bad config\\nsecond line")
 
@@ -42,6 +50,15 @@ def test_file_factory_gets_num_classes_only_when_it_takes_it(model_file):
     assert build_user_model(f"{model_file}:make", 5)[-1].out_features == 5
     assert build_user_model(f"{model_file}:make", None)[-1].out_features == 10
     assert build_user_model(f"{model_file}:make_fixed", 5).out_features == 3
+
+
+def test_a_compiled_module_is_unwrapped_and_a_scripted_one_refused(model_file):
+    """torch.compile's wrapper would name every group "_orig_mod..." and run the compiled graph; a
+    TorchScript module takes no forward hooks (a traceback, before)."""
+    model = build_user_model(f"{model_file}:compiled", None)
+    assert type(model) is nn.Linear
+    with pytest.raises(UserError, match="returned a TorchScript module .*return the nn.Module before scripting"):
+        build_user_model(f"{model_file}:scripted", None)
 
 
 def test_factory_file_can_import_its_neighbours(tmp_path):
@@ -100,7 +117,8 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
     lambda sd: {"state_dict": sd, "epoch": 3},
     lambda sd: {"model_state_dict": sd, "optimizer_state_dict": {}},
     lambda sd: {f"module.{k}": v for k, v in sd.items()},  # saved from DataParallel
-], ids=["state_dict", "lightning", "tutorial", "dataparallel"])
+    lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},  # saved from a torch.compile'd module
+], ids=["state_dict", "lightning", "tutorial", "dataparallel", "compiled"])
 def test_state_dict_layouts_load(tmp_path, wrap):
     source, target = small_model(), small_model()
     with torch.no_grad():

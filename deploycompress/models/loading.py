@@ -128,7 +128,14 @@ def build_user_model(spec: str, num_classes: int | None) -> nn.Module:
     model = call_factory(spec, import_factory(spec), num_classes=num_classes)
     if not isinstance(model, nn.Module):
         raise UserError(f"--model: factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    if isinstance(model, torch.jit.ScriptModule):
+        # forward hooks, DepGraph's autograd trace and the pruners all need the Python module
+        raise UserError(f"--model: factory {spec} returned a TorchScript module (torch.jit.script/trace); "
+                        "return the nn.Module before scripting it: deploycompress prunes Python modules")
+    # torch.compile wraps the module (its parameters under `_orig_mod.`): every group would be named
+    # after the wrapper and the compiled graph is what forward runs. The module it wraps is the model.
+    original = getattr(model, "_orig_mod", None)
+    return original if isinstance(original, nn.Module) else model
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -176,10 +183,12 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def _strip_wrapper_prefix(state: dict, model: nn.Module) -> dict:
-    """Weights saved from nn.DataParallel/DistributedDataParallel carry a "module." prefix."""
+    """Weights saved from nn.DataParallel/DistributedDataParallel carry a "module." prefix, and from a
+    torch.compile'd module "_orig_mod."."""
     own = model.state_dict().keys()
-    if all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in own):
-        return {k[len("module."):]: v for k, v in state.items()}
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
+            return {k[len(prefix):]: v for k, v in state.items()}
     return state
 
 
