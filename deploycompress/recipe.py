@@ -173,6 +173,9 @@ class RunConfig:
         self.input_shape = parse_shape(self.input_shape)
         if self.device not in ("cpu", "cuda"):
             raise UserError(f"device must be cpu or cuda (got {self.device!r})")
+        # torch and numpy both take a seed in this range; a negative one ended in a numpy traceback
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"seed must be between 0 and 2^32 - 1 (got {self.seed})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

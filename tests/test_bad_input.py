@@ -371,6 +371,7 @@ CASES = [
     Case("target-below-1", lambda w: ["--target-speedup", "0.5x"], r"greater than 1"),
     Case("target-not-a-number", lambda w: ["--target-speedup", "fast"], r"'fast' is not a number"),
     Case("target-nan", lambda w: ["--target-speedup", "nan"], r"not a number"),
+    Case("seed-negative", lambda w: ["--seed", "-1"], r"seed must be between 0 and 2\^32 - 1 \(got -1\)"),
     Case("target-unreachable", lambda w: [w.root / "search.toml", "--target-speedup", "1000", "--finetune-epochs", "0"],
          r"target 1000x is out of reach: .*measures \d+\.\d\dx; \d+% of the dense model's time is in layers no "
          r"channel group reaches", starts_run=True),
