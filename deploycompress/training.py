@@ -29,16 +29,25 @@ def distillation_losses(student: torch.Tensor, teacher: torch.Tensor, temperatur
     by T^2 so gradients keep their size. Where a sample has one output (a regressor's (batch, 1) or
     (batch,)) the softmax of one value is 1 and the KL is 0 whatever the student computes: a search
     ranked every plan at loss 0.0. There the squared error against the teacher's outputs stands in."""
-    if student.dim() < 2 or student.shape[1] == 1:
+    if _one_output(student):
         return (student - teacher).pow(2).reshape(len(student), -1).sum(1)
     t = temperature
     kl = F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="none")
     return kl.reshape(len(student), -1).sum(1) * t * t
 
 
+def _one_output(scores: torch.Tensor) -> bool:
+    return scores.dim() < 2 or scores.shape[1] == 1
+
+
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The batch mean of `distillation_losses`."""
-    return distillation_losses(student_logits, teacher_logits, temperature).mean()
+    """The batch mean of `distillation_losses`. Class scores keep the finetune's batchmean KL as it was
+    written before (the same sum in the same order, so finetunes reproduce bit for bit)."""
+    if _one_output(student_logits):
+        return distillation_losses(student_logits, teacher_logits, temperature).mean()
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1),
+                    reduction="batchmean") * t * t
 
 
 def fit(
