@@ -193,6 +193,28 @@ def _check_batch_axis(model: nn.Module, example: torch.Tensor) -> None:
                         f"sample ({hint})")
 
 
+def _check_autograd(model: nn.Module, example: torch.Tensor) -> None:
+    """One line when the forward builds no autograd graph (it runs under torch.no_grad or
+    inference_mode itself): Torch-Pruning traces the model through autograd and the finetune needs its
+    gradients, and such a model read "nothing to prune" as if it had no layers."""
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    if not params:
+        return
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            out = model(example)
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and not out.requires_grad:
+        raise UserError("the model's forward builds no autograd graph (it runs under torch.no_grad or "
+                        "torch.inference_mode itself): deploycompress traces the model and finetunes it through "
+                        "autograd; take the decorator or context manager out of forward")
+
+
 def _casts_input_to_ids(model: nn.Module, example: torch.Tensor) -> bool:
     """Whether the model, fed floats, looks up exactly their values as ids in an embedding: on random
     float calibration inputs it would then read negative ids. Three probes of whole numbers (zeros,
@@ -300,6 +322,7 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
               f"the function is unchanged): {', '.join(baked)}")
     example, out, vocab = _example_input(dense, tuple(shape))
     _check_batch_axis(dense, example)
+    _check_autograd(dense, example)
     if data is None:
         data = data_mod.random_data(tuple(shape), count=max(256, config.prune.calibration_samples), seed=config.seed,
                                     vocab=vocab)

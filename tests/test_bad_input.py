@@ -106,6 +106,16 @@ def batch_one():
     return BatchOne()
 
 
+class NoGradForward(Net):  # an inference wrapper: forward under no_grad builds no autograd graph
+    @torch.no_grad()
+    def forward(self, x):
+        return super().forward(x)
+
+
+def no_grad_forward():
+    return NoGradForward()
+
+
 class RecurrentWithHidden(nn.Module):  # a wide LSTM, then a prunable hidden layer: 2x is out of reach
     def __init__(self):
         super().__init__()
@@ -361,6 +371,8 @@ CASES = [
          r"input shape \(1, 1\) does not fit the model: index_select\(\): Expected dtype int32 or int64"),
     Case("model-fixes-its-batch-size", lambda w: user(w) + ["--model", f"{w.root}/model.py:batch_one"],
          r"the model runs on a batch of 1 but not of 2: .*\(its forward fixes the batch size, e\.g\. x\.view\(1, -1\)"),
+    Case("model-forward-without-autograd", lambda w: user(w) + ["--model", f"{w.root}/model.py:no_grad_forward"],
+         r"the model's forward builds no autograd graph \(it runs under torch\.no_grad or torch\.inference_mode"),
     # the input shape
     Case("input-shape-does-not-fit", lambda w: user(w) + ["--input-shape", "1,5,8,8"], r"input shape \(1, 5, 8, 8\) does not fit the model"),
     Case("input-shape-not-numbers", lambda w: user(w) + ["--input-shape", "1,three,8,8"], r"comma-separated integers"),

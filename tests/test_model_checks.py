@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from deploycompress.context import _to_float32
+from deploycompress.context import _check_autograd, _to_float32
 from deploycompress.graph import GroupGraph
 
 
@@ -35,3 +35,13 @@ def test_verification_uses_the_datas_samples_and_names_non_finite_outputs():
     assert random_inputs.groups == [] and "not finite (NaN or Inf)" in random_inputs.skipped[0].reason
     real = GroupGraph(model, example, verify=True, verify_inputs=torch.rand(2, 1, 8, 8) + 0.1)
     assert [g.name for g in real.groups] == ["conv"] and real.skipped == []
+
+
+def test_a_frozen_backbone_passes_the_autograd_check_and_keeps_its_flags():
+    """Parameters the user froze (requires_grad False) are not a forward without autograd; the check
+    leaves every flag as it found it."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 1, 5, 5))
+    model[0].weight.requires_grad_(False)
+    _check_autograd(model, torch.zeros(1, 1, 5, 5))
+    assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
