@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .graph import apply_plan
 from .models.loading import bake_reparametrizations
 
@@ -24,7 +24,7 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"{path} not found: not the directory of a finished run") from None
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: unreadable ({first_line(exc)})") from None
 
 
 def load_compressed(run_dir: str | Path, model: nn.Module) -> nn.Module:
@@ -47,6 +47,6 @@ def load_compressed(run_dir: str | Path, model: nn.Module) -> nn.Module:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except (KeyError, RuntimeError) as exc:
         raise UserError(f"the run in {run_dir} does not fit this model ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200]}): pass a fresh instance of the architecture it "
+                        f"{first_line(exc)}): pass a fresh instance of the architecture it "
                         "compressed") from None
     return model.eval()

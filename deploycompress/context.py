@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from .errors import UserError
+from .errors import UserError, first_line
 from .fileio import atomic_write
 from .graph import ChannelMasks, GroupGraph, Plan
 from .models import loading, zoo
@@ -134,7 +134,7 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tens
         if not _casts_input_to_ids(model, example):
             return example, out, None
     except Exception as exc:  # noqa: BLE001 - a shape mismatch surfaces as any of several errors
-        as_float = str(exc).splitlines()[0][:200]
+        as_float = first_line(exc)
         if not _looks_up_embedding(model, as_float):
             hint = _input_hint(model, as_float)
             raise UserError(f"input shape {shape} does not fit the model: {as_float}{hint}") from None
@@ -150,7 +150,7 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tens
         with torch.no_grad():
             out = model(tokens)
     except Exception as exc:  # noqa: BLE001 - as above: one line, whatever the model raises
-        first = str(exc).splitlines()[0][:200]
+        first = first_line(exc)
         raise UserError(f"input shape {shape} does not fit the model: {first} (with int64 token ids, as its input "
                         "goes into an nn.Embedding)") from None
     finally:
@@ -186,7 +186,7 @@ def _check_batch_axis(model: nn.Module, example: torch.Tensor) -> None:
         with torch.no_grad():
             out = model(pair)
     except Exception as exc:  # noqa: BLE001 - whatever the model raises, one line
-        raise UserError(f"the model runs on a batch of 1 but not of 2: {str(exc).splitlines()[0][:200]} "
+        raise UserError(f"the model runs on a batch of 1 but not of 2: {first_line(exc)} "
                         f"({hint})") from None
     if isinstance(out, torch.Tensor) and (out.dim() == 0 or out.shape[0] != 2):
         raise UserError(f"the model returns shape {tuple(out.shape)} for a batch of 2 samples, not one row per "

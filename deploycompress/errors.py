@@ -1,6 +1,13 @@
 """Errors a user can act on. The CLI turns each into one line and exit code 2."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, for a one-line error; its type name when the message
+    is empty (`raise RuntimeError()` in a user's forward: indexing the empty split raised IndexError)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 class UserError(Exception):
     """Bad input or an unmet request: the message is the whole story, no traceback needed."""
 

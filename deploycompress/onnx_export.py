@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -70,21 +70,16 @@ def export_bytes(model: nn.Module, example_input: torch.Tensor, opset: int = OPS
                                                 dynamic_shapes=({0: batch},), verbose=False)
                 except Exception as dynamo:  # noqa: BLE001 - both failed: the model's own error comes first
                     # (the dynamo exporter's is often only that onnxscript is not installed)
-                    raise UserError(f"ONNX export failed: {_first_line(legacy)} (the dynamo exporter: "
-                                    f"{_first_line(dynamo, 150)})") from None
+                    raise UserError(f"ONNX export failed: {first_line(legacy, 300)} (the dynamo exporter: "
+                                    f"{first_line(dynamo, 150)})") from None
                 program.save(buffer)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as one line
-        raise UserError(f"ONNX export failed: {_first_line(exc)}") from None
+        raise UserError(f"ONNX export failed: {first_line(exc, 300)}") from None
     finally:
         model.train(was_training)
     return buffer.getvalue()
-
-
-def _first_line(exc: Exception, limit: int = 300) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
 def check(model_bytes: bytes) -> onnx.ModelProto:

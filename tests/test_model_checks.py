@@ -1,8 +1,10 @@
 """What the run checks and adapts about a user's model before pruning it."""
+import pytest
 import torch
 from torch import nn
 
-from deploycompress.context import _check_autograd, _to_float32
+from deploycompress.context import _check_autograd, _example_input, _to_float32
+from deploycompress.errors import UserError, first_line
 from deploycompress.graph import GroupGraph
 
 
@@ -45,3 +47,23 @@ def test_a_frozen_backbone_passes_the_autograd_check_and_keeps_its_flags():
     model[0].weight.requires_grad_(False)
     _check_autograd(model, torch.zeros(1, 1, 5, 5))
     assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
+
+
+class SilentFailure(nn.Module):
+    """Raises an exception with no message for an input it does not take."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        if x.shape[-1] != 28:
+            raise RuntimeError()
+        return self.conv(x).mean((2, 3))
+
+
+def test_an_error_without_a_message_is_named_by_its_type():
+    """`str(exc).splitlines()[0]` of an empty message raised IndexError: a traceback instead of one line."""
+    with pytest.raises(UserError, match=r"^input shape \(1, 1, 16, 16\) does not fit the model: RuntimeError$"):
+        _example_input(SilentFailure().eval(), (1, 1, 16, 16))
+    assert first_line(ValueError("\n  first\nsecond"), 3) == "fir"
