@@ -175,41 +175,34 @@ def _to_float32(model: nn.Module) -> str | None:
     return f"parameters and buffers converted from {', '.join(others)} to float32, as the exported model runs"
 
 
-def _check_batch_axis(model: nn.Module, example: torch.Tensor) -> None:
-    """One line when the model runs on one sample but not on two: calibration, finetuning and the
-    exported model (its batch axis is dynamic) all feed it batches, and such a model ended the run in a
-    traceback from a shape error deep in the search."""
-    pair = torch.cat([example, example])
+def _check_batch_and_autograd(model: nn.Module, example: torch.Tensor) -> None:
+    """One line when the model runs on one sample but not on two, or when its forward builds no autograd
+    graph (it runs under torch.no_grad or inference_mode itself). Calibration, finetuning and the
+    exported model (its batch axis is dynamic) all feed batches, and a batch-fixed model ended the run in
+    a traceback from a shape error deep in the search; Torch-Pruning traces the model through autograd
+    and the finetune needs its gradients, and a no_grad forward read "nothing to prune" as if it had no
+    layers. One forward of two samples answers both, with every parameter briefly requiring grad (a
+    frozen backbone is not a forward without autograd) and each flag restored."""
     hint = ("its forward fixes the batch size, e.g. x.view(1, -1); write x.flatten(1) or x.view(x.size(0), -1): "
             "deploycompress feeds batches")
-    try:
-        with torch.no_grad():
-            out = model(pair)
-    except Exception as exc:  # noqa: BLE001 - whatever the model raises, one line
-        raise UserError(f"the model runs on a batch of 1 but not of 2: {first_line(exc)} "
-                        f"({hint})") from None
-    if isinstance(out, torch.Tensor) and (out.dim() == 0 or out.shape[0] != 2):
-        raise UserError(f"the model returns shape {tuple(out.shape)} for a batch of 2 samples, not one row per "
-                        f"sample ({hint})")
-
-
-def _check_autograd(model: nn.Module, example: torch.Tensor) -> None:
-    """One line when the forward builds no autograd graph (it runs under torch.no_grad or
-    inference_mode itself): Torch-Pruning traces the model through autograd and the finetune needs its
-    gradients, and such a model read "nothing to prune" as if it had no layers."""
     params = [p for p in model.parameters() if p.is_floating_point()]
-    if not params:
-        return
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
     try:
         with torch.enable_grad():
-            out = model(example)
+            out = model(torch.cat([example, example]))
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises, one line
+        raise UserError(f"the model runs on a batch of 1 but not of 2: {first_line(exc)} ({hint})") from None
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-    if isinstance(out, torch.Tensor) and out.is_floating_point() and not out.requires_grad:
+    if not isinstance(out, torch.Tensor):
+        return  # build_context says what a forward must return
+    if out.dim() == 0 or out.shape[0] != 2:
+        raise UserError(f"the model returns shape {tuple(out.shape)} for a batch of 2 samples, not one row per "
+                        f"sample ({hint})")
+    if params and out.is_floating_point() and not out.requires_grad:
         raise UserError("the model's forward builds no autograd graph (it runs under torch.no_grad or "
                         "torch.inference_mode itself): deploycompress traces the model and finetunes it through "
                         "autograd; take the decorator or context manager out of forward")
@@ -313,16 +306,20 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
         if config.weights:
             loading.load_weights(dense, config.weights)
     dense.eval()
-    converted = _to_float32(dense)
-    if converted:
-        print(f"model: {converted}")
+    setup_notes: list[str] = []  # what setting the run up changed: printed now, and report.json "notes"
+
+    def note(text: str | None) -> None:
+        if text:
+            print(f"model: {text}")
+            setup_notes.append(text)
+
+    note(_to_float32(dense))
     baked = loading.bake_reparametrizations(dense)
-    if baked:
-        print(f"model: weight reparametrizations baked into plain weights (Torch-Pruning cannot prune them; "
-              f"the function is unchanged): {', '.join(baked)}")
+    note(f"weight reparametrizations baked into plain weights before pruning, the function unchanged "
+         f"(Torch-Pruning cannot prune them; the finetune trains the plain weights): {', '.join(baked)}"
+         if baked else None)
     example, out, vocab = _example_input(dense, tuple(shape))
-    _check_batch_axis(dense, example)
-    _check_autograd(dense, example)
+    _check_batch_and_autograd(dense, example)
     if data is None:
         data = data_mod.random_data(tuple(shape), count=max(256, config.prune.calibration_samples), seed=config.seed,
                                     vocab=vocab)
@@ -344,17 +341,11 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     for p in dense.parameters():
         p.requires_grad_(False)
     count, cut = calibration_count(dense, data, config)
-    if cut:
-        print(f"model: {cut}")
+    note(cut)
     ctx = RunContext(config, run_dir, dense, working_copy(dense), data, example, count)
     ctx.report["input"] = {"shape": list(shape), "dtype": str(example.dtype).removeprefix("torch."),
                            "token_ids_below": vocab}
     ctx.report["calibration_samples"] = count
-    # notes from setting the run up (report.json "notes", before the prune stage's)
-    ctx.report["setup_notes"] = [note for note in (converted, cut) if note]
-    if baked:
-        ctx.report["setup_notes"].append(f"weight reparametrizations baked into plain weights before pruning, the "
-                                         f"function unchanged (the finetune trains the plain weights): "
-                                         f"{', '.join(baked)}")
+    ctx.report["setup_notes"] = setup_notes  # report.json "notes", before the prune stage's
     ctx.report["accuracy"] = {"dense": accuracy(dense, data.x_test, data.y_test), "compressed": None}
     return ctx

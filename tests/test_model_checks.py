@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from deploycompress.context import _check_autograd, _example_input, _to_float32
+from deploycompress.context import _check_batch_and_autograd, _example_input, _to_float32
 from deploycompress.errors import UserError, first_line
 from deploycompress.graph import GroupGraph
 
@@ -45,7 +45,7 @@ def test_a_frozen_backbone_passes_the_autograd_check_and_keeps_its_flags():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(2))
     model(torch.zeros(1, 1, 5, 5))
     model[0].weight.requires_grad_(False)
-    _check_autograd(model, torch.zeros(1, 1, 5, 5))
+    _check_batch_and_autograd(model, torch.zeros(1, 1, 5, 5))
     assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
 
 

@@ -55,6 +55,12 @@ def module_path(node_name: str) -> str:
 _OCCURRENCE = re.compile(r"^(.*)_(\d+)$")
 
 
+def within(layer: str, module: str) -> bool:
+    """Whether a layer path is the module or one of its submodules ("blocks.0.attn.out_proj" is within
+    "blocks.0.attn"; "blocks.0.attn2" is not)."""
+    return layer == module or layer.startswith(module + ".")
+
+
 def resolve_layer(layer: str, module_names: list[str]) -> str:
     """The module a scope path names, where the exporter did not write its full path.
 
@@ -64,7 +70,7 @@ def resolve_layer(layer: str, module_names: list[str]) -> str:
     matched to the modules whose names end with it, suffixes dropped, and the k-th suffix to the k-th
     of those in `module_names`' order (definition order, which repeated blocks are called in). A path
     that names a module already, or that matches none, is returned as it is."""
-    if not layer or any(layer == m or layer.startswith(m + ".") for m in module_names):
+    if not layer or any(within(layer, m) for m in module_names):
         return layer
     parts, occurrence = [], 0
     for part in layer.split("."):
@@ -216,7 +222,7 @@ def time_outside(breakdown: dict, module_types: dict[str, str], reached: set[str
     outside: dict[str, float] = defaultdict(float)
     for row in breakdown["layers"]:
         layer = resolve_layer(row["name"], names)
-        if not any(layer == m or layer.startswith(m + ".") for m in reached):
+        if not any(within(layer, m) for m in reached):
             outside[layer] += row["ms"]
     largest = sorted(outside.items(), key=lambda item: -item[1])[:top]
     listed = ", ".join(f"{name} ({module_types[name]}) {ms / total:.0%}" if name in module_types

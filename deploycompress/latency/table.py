@@ -39,7 +39,7 @@ from torch import nn
 from ..fileio import write_json
 from ..graph import GroupGraph
 from . import runtime
-from .profiler import LayerMap, aggregate_events, resolve_layer
+from .profiler import LayerMap, aggregate_events, resolve_layer, within
 
 PROFILE_MIN_RUNS = 20
 PROFILE_WARMUP_RUNS = 5
@@ -144,7 +144,7 @@ def scope_times(events: list[dict], graph: onnx.ModelProto, scopes: dict[str, Op
     for node in breakdown["nodes"]:
         layer = resolve_layer(node["layer"], modules)
         for module in scopes:
-            if layer == module or layer.startswith(module + "."):
+            if within(layer, module):
                 totals[module] += node["ms"]
     by_signature: dict[str, list[float]] = {}  # identical attention layers share a signature: average them
     for module, ms in totals.items():
