@@ -61,6 +61,10 @@ class PruneConfig:
     max_overshoot: float = 0.10  # measured speedup may exceed the target by at most this fraction
     search_rounds: int = 15  # measured-latency rounds per candidate in the search
     spdy_evaluations: int = 100  # calibration-loss evaluations in SPDY's coefficient search
+    # ... fewer where they would not fit in this many seconds, with the sensitivity seeds before them
+    # (timed as they run; never fewer than 16; 0: no cap). The zoo's models take about a second an
+    # evaluation here, 2 minutes in all; a ResNet-18 at 64x64 took 7 s, and 100 of them are 12 minutes.
+    spdy_search_budget_s: float = 600.0
     # SPDY keeps at least this fraction of every group's channels (0: no floor). Its DP ranks plans by
     # the loss right after pruning, which cannot see the capacity a finetune needs: on vgg_digits at 3x
     # with 16-channel blocks it cut groups to 1/8 and finetuned 1.5-5 points below uniform.
@@ -87,6 +91,10 @@ class PruneConfig:
             raise UserError("prune.calibration_samples must be at least 1")
         if self.calibration_budget_s < 0:
             raise UserError("prune.calibration_budget_s must be 0 (no cap) or more")
+        if self.spdy_evaluations < 1:
+            raise UserError("prune.spdy_evaluations must be at least 1")
+        if self.spdy_search_budget_s < 0:
+            raise UserError("prune.spdy_search_budget_s must be 0 (no cap) or more")
         if not 0 < self.max_overshoot < 1:
             raise UserError("prune.max_overshoot must be between 0 and 1")
         if self.resolve_attempts < 0:

@@ -192,6 +192,7 @@ class AllocationProblem:
     calibration_loss: Callable[[Plan], float]
     seed: int
     spdy_evaluations: int = 100  # calibration-loss evaluations in SPDY's coefficient search
+    spdy_search_budget_s: float = 0.0  # seconds for SPDY's sensitivity seeds and search (0: no cap)
     spdy_min_keep: float = 0.0  # the narrowest width SPDY's levels offer, as a fraction of each group's
     # The search aims a little above the target so that the final, longer measurement still meets it.
     margin: float = 0.03

@@ -30,6 +30,7 @@ the deployment runtime. ALGORITHMS.md section 1 specifies it; this module adapts
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -51,6 +52,26 @@ NEAR_MISS = 1.08
 # baseline plan there) are finetuned and compared on their held-out score (`choose_plan`).
 FINALISTS = 3
 DP_PHASES = ("calibrate", "verify")  # the `sources` of plans the DP proposed (the rest are baselines)
+
+# prune.spdy_search_budget_s never cuts the coefficient search below this many evaluations: its three
+# seeds, a few random draws and a few local steps.
+SEARCH_FLOOR = 16
+
+
+def search_evaluations(wanted: int, budget_s: float, seconds_each: float, spent_s: float) -> int:
+    """How many of the `wanted` coefficient-search evaluations fit in what `spent_s` (the sensitivity
+    seeds) left of `budget_s`, at `seconds_each` an evaluation; all of them without a budget (0), never
+    fewer than SEARCH_FLOOR. Decided once, before the search, so that the plan depends on the clock only
+    where the budget binds (the zoo's models need a fifth of the default)."""
+    if not budget_s or seconds_each <= 0:
+        return wanted
+    return min(wanted, max(SEARCH_FLOOR, int((budget_s - spent_s) / seconds_each)))
+
+
+def _note(problem: AllocationProblem, text: str) -> None:
+    """Said now (the search that follows is long) and kept in the report's notes."""
+    print(f"prune: {text}")
+    problem.notes.append(text)
 
 
 def choose_plan(accepted: list[tuple], sources: dict[tuple, str], calibration_loss: Callable[[dict[str, int]], float],
@@ -344,13 +365,25 @@ class SPDY(AllocationPolicy):
         # alone cut to about half its width. Random draws alone rarely find a good shape in a few
         # dozen evaluations; the sensitivity point usually starts far better than any of them.
         dense_widths = {g.name: levels[g.name][0] for g in groups}
+        started = time.perf_counter()
         base_loss = problem.calibration_loss(problem.plan_from_widths(dense_widths))
+        seconds_each = time.perf_counter() - started
+        budget_s = problem.spdy_search_budget_s
         sensitivity = []
-        for g in groups:
-            half = min(levels[g.name], key=lambda w: abs(w - levels[g.name][0] / 2))
-            loss = problem.calibration_loss(problem.plan_from_widths({**dense_widths, g.name: half}))
-            sensitivity.append(max(loss - base_loss, 0.0))
-        top = max(sensitivity) or 1.0
+        if budget_s and (len(groups) + SEARCH_FLOOR) * seconds_each > budget_s:
+            _note(problem, f"spdy: the search is not seeded with each group's sensitivity: that takes {len(groups)} "
+                           f"calibration-loss evaluations, about {seconds_each:.1f} s each here, which with the "
+                           f"search's least {SEARCH_FLOOR} do not fit in prune.spdy_search_budget_s ({budget_s:g} s)")
+        else:
+            progress = progress_bar(len(groups), "spdy sensitivity", unit="group")
+            for g in groups:
+                half = min(levels[g.name], key=lambda w: abs(w - levels[g.name][0] / 2))
+                loss = problem.calibration_loss(problem.plan_from_widths({**dense_widths, g.name: half}))
+                sensitivity.append(max(loss - base_loss, 0.0))
+                progress.update(1)
+            progress.close()
+            seconds_each = (time.perf_counter() - started) / (len(groups) + 1)
+        top = max(sensitivity, default=0.0) or 1.0
         sensitivity_seed = np.array([max(v / top, 0.01) for v in sensitivity])
         # And with the shape meant to make the DP prune every group by about the same fraction: with
         # err = c (k / (K - 1))^2, equal marginal error per ms saved at equal fractions needs c in
@@ -359,15 +392,23 @@ class SPDY(AllocationPolicy):
         # from uniform; the measured uniform family below is what guards against a bad DP shape.
         dense_times = np.array([t[0] for t in times])
         uniform_seed = np.clip(dense_times / (dense_times.max() or 1.0), 0.01, 1.0)
-        evaluations = problem.spdy_evaluations
+        seeds = {"sensitivity": sensitivity_seed, "uniform": uniform_seed, "flat": c0}
+        if not sensitivity:
+            del seeds["sensitivity"]
+        evaluations = search_evaluations(problem.spdy_evaluations, budget_s, seconds_each,
+                                         time.perf_counter() - started)
+        if evaluations < problem.spdy_evaluations:
+            _note(problem, f"spdy: the coefficient search makes {evaluations} of prune.spdy_evaluations "
+                           f"({problem.spdy_evaluations}) calibration-loss evaluations: each takes about "
+                           f"{seconds_each:.1f} s here, and prune.spdy_search_budget_s is {budget_s:g} s")
         progress = progress_bar(evaluations, "spdy coefficient search", unit="eval")
         rng = np.random.default_rng(problem.seed)
         search = coefficient_search(len(groups), score, rng, initial_draws=min(100, max(1, evaluations // 2)),
-                                    max_evaluations=evaluations, seeds=[sensitivity_seed, uniform_seed, c0],
+                                    max_evaluations=evaluations, seeds=list(seeds.values()),
                                     on_step=lambda n, s: (progress.update(1), progress.set_postfix(loss=f"{s:.4f}")))
         progress.close()
         seed_plans = {}
-        for label, seed in (("sensitivity", sensitivity_seed), ("uniform", uniform_seed), ("flat", c0)):
+        for label, seed in seeds.items():
             plan_widths = aim_for(seed, wanted)[1]
             seed_plans[label] = {"widths": plan_widths, "loss": loss_of(plan_widths)}
         final = calibrate(search.coefficients, DP_PHASES[1])
@@ -394,7 +435,8 @@ class SPDY(AllocationPolicy):
                      "t_base_ms": t_base, "t_prunable_ms": t_prunable, "levels": {k: v for k, v in levels.items()},
                      "coefficients": search.coefficients.round(4).tolist(), "search_loss": search.score,
                      "sensitivity": [round(v, 5) for v in sensitivity],
-                     "search_evaluations": search.evaluations, "distinct_plans_scored": len(losses),
+                     "search_evaluations": search.evaluations,
+                     "seconds_per_evaluation": round(seconds_each, 3), "distinct_plans_scored": len(losses),
                      "final_loss": loss_of(widths), "accepted_in_window": len({_key(a[2]) for a in accepted}),
                      "chosen_by": chosen_by, "chosen_source": sources.get(_key(widths)), "finalists": finalists,
                      "seed_plans": seed_plans,

@@ -289,6 +289,7 @@ class PruneStage(Stage):
         problem = AllocationProblem(graph, scores, cfg.target_speedup, cfg.prune.max_overshoot,
                                     multiple, meter, calibration_loss_fn(ctx, graph), cfg.seed,
                                     spdy_evaluations=cfg.prune.spdy_evaluations, spdy_min_keep=cfg.prune.spdy_min_keep,
+                                    spdy_search_budget_s=cfg.prune.spdy_search_budget_s,
                                     finetune_round=finetune_round_fn(ctx, graph, rescore),
                                     finetuned_loss=finetuned_loss_fn(ctx, graph),
                                     finalist_repeats=cfg.finetune.select_repeats, aim_shift=ctx.aim_shift,
