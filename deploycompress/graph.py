@@ -11,7 +11,8 @@ convolution reads or writes the channels, a unit is one channel offset taken in 
 groups (so each conv group keeps the same width and the same weight columns); so it is where a
 GroupNorm with several groups normalises them (Torch-Pruning keeps its num_groups); where a split's
 parts meet again in an elementwise op (a GLU), a unit is channel i of every part. For
-nn.MultiheadAttention a unit is one attention head (attention_heads.py).
+nn.MultiheadAttention a unit is one attention head (attention_heads.py); for nn.LSTM, nn.GRU and nn.RNN
+one hidden unit (recurrent.py).
 
 Two ways to apply a plan:
 - `apply_plan` removes channels physically (parameter tensors lose rows and columns);
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from . import attention_heads
+from . import attention_heads, recurrent
+from .errors import first_line
 
 Plan = dict[str, list[int]]  # group name -> kept unit indices (ascending)
 
@@ -56,6 +58,7 @@ class ChannelGroup:
     units: list[list[int]] | None = field(default=None, repr=False)  # root channels of each unit; None: one each
     kind: str = "channels"  # "channels" or "heads"
     attention: nn.Module | None = field(default=None, repr=False)  # the nn.MultiheadAttention of a heads group
+    recurrent: bool = False  # the hidden units of an nn.LSTM / nn.GRU / nn.RNN
 
     @property
     def unit_size(self) -> int:
@@ -68,10 +71,13 @@ class ChannelGroup:
         return sorted(c for u in kept_units for c in self.units[u])
 
     def unit_multiple(self, channel_multiple: int) -> int:
-        """The width multiple in units: heads are not channels (any count will do), and a unit of
-        several channels already contributes that many."""
+        """The width multiple in units: heads are not channels (any count will do), a unit of several
+        channels already contributes that many, and hidden units take a finer multiple than convs
+        (recurrent.HIDDEN_MULTIPLE)."""
         if self.kind == "heads":
             return 1
+        if self.recurrent:
+            channel_multiple = min(channel_multiple, recurrent.HIDDEN_MULTIPLE)
         if self.units is None:
             return channel_multiple
         return max(1, -(-channel_multiple // self.unit_size))
@@ -157,11 +163,23 @@ class GroupGraph:
         for p in frozen:
             p.requires_grad_(True)
         model.eval()
+        # for the trace only: a recurrent layer's final state stands in as its output's (recurrent.trace_hook)
+        tracing = [m.register_forward_hook(recurrent.trace_hook) for m in model.modules()
+                   if isinstance(m, recurrent.RECURRENT)]
         try:
             with warnings.catch_warnings():  # e.g. "unwrapped parameters detected": _verify reports what matters
                 warnings.simplefilter("ignore")
-                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+                pruner = recurrent.RecurrentPruner()
+                # Torch-Pruning calls model(*example_inputs) first, which for a bare tensor of batch 1 runs
+                # the model on its one sample, unbatched. Convs and linears trace the same either way (the
+                # groups every model had so far came from that); a recurrent layer's final state then has
+                # no batch axis, so those models are traced on the batch as given.
+                inputs = (example_input,) if tracing else example_input
+                self.dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=inputs, customized_pruners={t: pruner for t in recurrent.RECURRENT})
         finally:
+            for handle in tracing:
+                handle.remove()
             model.train(was_training)
             for p in frozen:
                 p.requires_grad_(False)
@@ -176,8 +194,10 @@ class GroupGraph:
         self.ignored = sorted(names[m] for m in ignored)
         self.groups: list[ChannelGroup] = []
         self.skipped: list[SkippedModule] = []
-        for group in self.dg.get_all_groups(ignored_layers=list(ignored)):
+        tp_groups = list(self.dg.get_all_groups(ignored_layers=list(ignored)))
+        for group in tp_groups:
             self._add_channel_group(group, min_channels)
+        self._add_recurrent_groups(tp_groups, ignored, min_channels)
         for module, name in names.items():
             if isinstance(module, nn.MultiheadAttention) and module not in ignored:
                 self._add_head_group(module, name, min_channels)
@@ -201,6 +221,8 @@ class GroupGraph:
             return
         units, grouped, reason = self._grouped_conv_units(group, channels)
         reason = _halving_op_reason(group) or reason
+        if isinstance(root, recurrent.RECURRENT):
+            reason = recurrent.blocker(root) or reason
         if reason:
             self.skipped.append(SkippedModule(name, reason))
             return
@@ -212,7 +234,34 @@ class GroupGraph:
                           f"{count} of these channels")
             self.skipped.append(SkippedModule(name, reason))
             return
-        self.groups.append(ChannelGroup(name, count, members, group, units))
+        self.groups.append(ChannelGroup(name, count, members, group, units,
+                                        recurrent=isinstance(root, recurrent.RECURRENT)))
+
+    def _add_recurrent_groups(self, tp_groups: list, ignored: set, min_channels: int) -> None:
+        """A group rooted at each recurrent layer's hidden units that no conv/linear group already removes
+        (a residual stream can). Asked for one layer at a time, apart from the conv/linear groups:
+        DepGraph may still fail to follow one (its unrolled internals in the way), and that failure
+        leaves the layer dense with its reason instead of ending the run."""
+        rooted = {dep.target.module for group in tp_groups for dep, _ in group
+                  if self.dg.is_out_channel_pruning_fn(dep.handler)}
+        for module, name in self._names.items():
+            if not isinstance(module, recurrent.RECURRENT) or module in ignored or module in rooted:
+                continue
+            if module not in self.dg.module2node:
+                self.skipped.append(SkippedModule(name, "Torch-Pruning did not trace it: its outputs do not reach "
+                                                  "the model's output as a tensor it follows"))
+                continue
+            pruner = self.dg.get_pruner_of_module(module)
+            try:
+                group = self.dg.get_pruning_group(module, pruner.prune_out_channels,
+                                                  list(range(pruner.get_out_channels(module))))
+            except Exception as exc:  # noqa: BLE001 - whatever DepGraph raises is the reason
+                self.skipped.append(SkippedModule(name, f"Torch-Pruning cannot follow its hidden units: "
+                                                  f"{type(exc).__name__}: {first_line(exc)}"))
+                continue
+            if any(dep.target.module in ignored for dep, _ in group if self.dg.is_out_channel_pruning_fn(dep.handler)):
+                continue
+            self._add_channel_group(group, min_channels)
 
     def _grouped_conv_units(self, group, channels: int):
         """Units for a group that reaches grouped convolutions or GroupNorms of several groups, or None
@@ -455,12 +504,17 @@ class ChannelMasks:
     Zeroing a channel at its conv *and* its BatchNorm makes it exactly zero downstream (BN would
     otherwise add its shift back), so the masked model computes what the shrunk model computes.
     LayerNorm and GroupNorm normalise over several channels, so their hooks recompute them over the
-    kept channels only; attention modules recompute their output from the kept heads.
+    kept channels only; attention modules recompute their output from the kept heads, and recurrent
+    layers theirs with the removed units' gate rows zeroed.
     """
 
     def __init__(self, graph: GroupGraph, plan: Plan):
         self.handles = []
         for module, removed in graph.removed_outputs(plan).items():
+            if isinstance(module, recurrent.RECURRENT):  # its units feed back: zero their gate rows instead
+                self.handles.append(module.register_forward_hook(recurrent.mask_hook(module, removed),
+                                                                 with_kwargs=True))
+                continue
             width = _output_width(module)
             if width is None:
                 continue
@@ -545,18 +599,6 @@ def _norm_over_kept_hook(kept: list[int]):
         return torch.zeros_like(output).index_copy(-1, idx, kept_out)
 
     return hook
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    was_training = model.training
-    model.eval()
-    macs, _ = tp.utils.count_ops_and_params(model, example_input)
-    model.train(was_training)
-    return int(macs)
 
 
 def round_channels(count: float, channels: int, multiple: int) -> int:

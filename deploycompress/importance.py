@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from . import recurrent
 from .graph import ChannelGroup, GroupGraph
 from .registry import Registry
 from .training import distillation_losses
@@ -68,7 +69,7 @@ class _TorchPruningCriterion(Criterion):
         with torch.no_grad():
             scores = self.importance(group.tp_group)
         if scores is None:  # the group has no layer this criterion can read (e.g. no BatchNorm)
-            scores = tp.importance.GroupMagnitudeImportance(p=2)(group.tp_group)
+            return magnitude_scores(group)
         return scores.detach().float().flatten()
 
 
@@ -150,9 +151,14 @@ def score_groups(name: str, scoring: ScoringContext) -> dict[str, torch.Tensor]:
 
 
 def magnitude_scores(group: ChannelGroup) -> torch.Tensor:
-    """L2 group magnitude: the baseline every research criterion falls back to."""
+    """L2 group magnitude: the baseline every research criterion falls back to. A recurrent layer that
+    feeds only another (an LSTM into a GRU) leaves Torch-Pruning nothing it reads: its own units'
+    weights are scored instead."""
     with torch.no_grad():
-        return tp.importance.GroupMagnitudeImportance(p=2)(group.tp_group).detach().float().flatten()
+        scores = tp.importance.GroupMagnitudeImportance(p=2)(group.tp_group)
+    if scores is None and group.recurrent:
+        return recurrent.unit_scores(group.tp_group[0].dep.target.module)
+    return scores.detach().float().flatten()
 
 
 def keep_top(scores: torch.Tensor, count: int) -> list[int]:

@@ -5,7 +5,8 @@ import random
 import pytest
 import torch
 
-from deploycompress.graph import ChannelMasks, GroupGraph, apply_plan, count_params, round_channels
+from deploycompress.graph import ChannelMasks, GroupGraph, apply_plan, round_channels
+from deploycompress.model_size import count_params
 from deploycompress.models import create_model
 
 

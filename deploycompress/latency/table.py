@@ -1,5 +1,5 @@
-"""Latency lookup table: the time of every conv/linear operator *inside the model*, on ONNX Runtime, at
-each candidate width.
+"""Latency lookup table: the time of every conv/linear/recurrent operator *inside the model*, on ONNX
+Runtime, at each candidate width.
 
 How it is measured: the model is built at a ladder of uniform keep ratios (dense, 7/8, ... 1/8 of every
 group, on the channel multiples the runtime rewards), each variant is exported and run under ORT's
@@ -36,6 +36,7 @@ import onnx
 import torch
 from torch import nn
 
+from .. import recurrent
 from ..fileio import write_json
 from ..graph import GroupGraph
 from . import runtime
@@ -53,7 +54,8 @@ TABLE_FORMAT = 2
 class OpSignature:
     """What one conv/linear's latency depends on inside a model (besides the runtime fingerprint)."""
 
-    kind: str  # "conv", "linear", or "attention" (cin = cout = heads; spatial_in = (sequence, embedding))
+    kind: str  # "conv", "linear", "attention" (cin = cout = heads; spatial_in = (sequence, embedding)) or
+    # "recurrent" (cin = input width, cout = hidden units; spatial_in = (steps,); kernel = (gates, layers))
     batch: int
     cin: int
     cout: int
@@ -76,7 +78,10 @@ class OpSignature:
 
     def cost_coordinate(self) -> float:
         """What the kernel's time grows with: width for depthwise convs and for attention heads (each
-        head adds its own projections and attention), input x output width otherwise."""
+        head adds its own projections and attention); hidden x (input + hidden) width for a recurrent
+        layer (every gate multiplies the input and the previous state); input x output width otherwise."""
+        if self.kind == "recurrent":
+            return float(self.cout * (self.cin + self.cout))
         return float(self.cin if self.depthwise or self.kind == "attention" else self.cin * self.cout)
 
 
@@ -182,6 +187,10 @@ def _signature(module: nn.Module, inp: torch.Tensor, out: torch.Tensor, batch: i
     if isinstance(module, nn.Linear):
         rows = _linear_rows(tuple(inp.shape[1:-1]), 1)
         return OpSignature("linear", batch, module.in_features, module.out_features, rows, rows)
+    if isinstance(module, recurrent.RECURRENT) and inp.dim() == 3:
+        steps = int(inp.shape[1] if module.batch_first else inp.shape[0])
+        return OpSignature("recurrent", batch, module.input_size, module.hidden_size, (steps,), (steps,),
+                           (recurrent.gates(module), module.num_layers))
     return None
 
 
@@ -199,12 +208,12 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
 
     def hook(module, inputs, output):
         if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-            output = output[0]  # nn.MultiheadAttention returns (output, weights)
+            output = output[0]  # nn.MultiheadAttention returns (output, weights), a recurrent layer (output, state)
         if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
             shapes.setdefault(module, (inputs[0], output))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (*CONVOLUTIONS, nn.Linear, nn.MultiheadAttention))]
+               if isinstance(m, (*CONVOLUTIONS, nn.Linear, nn.MultiheadAttention, *recurrent.RECURRENT))]
     try:
         was_training = model.training
         model.eval()

@@ -22,6 +22,7 @@ from ..graph import ChannelMasks, GroupGraph, Plan
 from ..onnx_export import export_bytes
 from ..allocation.sap import layer_pqi
 from ..importance import ScoringContext, criterion_scorer
+from .. import recurrent
 from ..latency import profiler, runtime
 from ..training import distillation_losses, predict
 from .base import Stage
@@ -231,13 +232,13 @@ def nothing_to_prune(graph: GroupGraph, ignore: str | None) -> str:
         first = graph.skipped[0]
         why.append(f"{len(graph.skipped)} group(s) left dense, the first {first.name}: {first.reason}")
     return ("nothing to prune: the model has no channel group deploycompress can prune (it prunes the output "
-            "channels of convolutions and linear layers, with every layer they feed, and nn.MultiheadAttention "
-            "heads; recurrent layers are not pruned)" + "".join(f"; {reason}" for reason in why))
+            "channels of convolutions and linear layers, with every layer they feed, the hidden units of "
+            "LSTM, GRU and RNN layers, and nn.MultiheadAttention heads)" + "".join(f"; {reason}" for reason in why))
 
 
 def time_outside_groups(ctx: RunContext, graph: GroupGraph) -> str | None:
     """Why a target is out of reach, from one profile of the dense model: how much of its time is in
-    layers no group shrinks (a recurrent layer, an embedding, a group left dense), and which."""
+    layers no group shrinks (an embedding, a bidirectional recurrent layer, a group left dense), and which."""
     cfg = ctx.config
     try:
         breakdown = profiler.operator_breakdown(export_bytes(ctx.dense, ctx.example_input), cfg.profile.threads,
@@ -266,6 +267,9 @@ class PruneStage(Stage):
         # next multiple up does (resnet_digits on an AVX-512 EPYC: 8 channels off every group, 1.00x).
         multiple = cfg.prune.channel_multiple or runtime.channel_block(cfg.device)
         multiple_source = "prune.channel_multiple" if cfg.prune.channel_multiple else "the runtime's channel block"
+        if any(g.recurrent for g in graph.groups):
+            multiple_source += (f"; hidden units of recurrent layers in multiples of "
+                                f"{min(multiple, recurrent.HIDDEN_MULTIPLE)}")
         pqi_before = layer_pqi(graph)  # of the dense model, before any regularised phase changes it
         regularizer = regularize_before_scoring(ctx, graph)
         scoring = ScoringContext(ctx.model, graph, x, ctx.data.y_train[: len(x)] if ctx.data.has_labels else None,

@@ -6,7 +6,8 @@ import torch
 from ..context import RunContext
 from ..errors import UserError
 from ..fileio import atomic_write
-from ..graph import apply_plan, count_macs, count_params
+from ..graph import apply_plan
+from ..model_size import count_macs, count_params
 from ..training import predict
 from .base import Stage
 
