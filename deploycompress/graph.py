@@ -76,8 +76,8 @@ class ChannelGroup:
         (recurrent.HIDDEN_MULTIPLE)."""
         if self.kind == "heads":
             return 1
-        if self.recurrent:
-            channel_multiple = min(channel_multiple, recurrent.HIDDEN_MULTIPLE)
+        if self.recurrent:  # a unit is one hidden unit, in one direction or both
+            return min(channel_multiple, recurrent.HIDDEN_MULTIPLE)
         if self.units is None:
             return channel_multiple
         return max(1, -(-channel_multiple // self.unit_size))
@@ -223,6 +223,7 @@ class GroupGraph:
         reason = _halving_op_reason(group) or reason
         if isinstance(root, recurrent.RECURRENT):
             reason = recurrent.blocker(root) or reason
+            units = recurrent.units(root) if units is None else units
         if reason:
             self.skipped.append(SkippedModule(name, reason))
             return

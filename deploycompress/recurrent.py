@@ -35,12 +35,18 @@ def gates(layer: nn.RNNBase) -> int:
 
 def blocker(layer: nn.RNNBase) -> str | None:
     """Why the hidden units of `layer` are left dense, or None."""
-    if layer.bidirectional:
-        return ("a bidirectional recurrent layer: its output holds each unit twice (forward and backward), "
-                "which the channel groups do not pair; its input width is still pruned")
     if getattr(layer, "proj_size", 0):
         return "an LSTM with proj_size: its output is the projection, not the hidden units"
     return None
+
+
+def units(layer: nn.RNNBase) -> list[list[int]] | None:
+    """The output channels of each hidden unit where there are several: a bidirectional layer's output
+    is the forward units then the backward ones, and unit j is channel j and channel hidden_size + j
+    (removed together: both directions have hidden_size units)."""
+    if not layer.bidirectional:
+        return None
+    return [[j, j + layer.hidden_size] for j in range(layer.hidden_size)]
 
 
 def _gate_rows(layer: nn.RNNBase, units: torch.Tensor) -> torch.Tensor:
@@ -61,15 +67,17 @@ class RecurrentPruner(BasePruningFunc):
     """Torch-Pruning pruner for the hidden units (out channels) and input width (in channels)."""
 
     def prune_out_channels(self, layer: nn.RNNBase, idxs: list) -> nn.Module:
-        removed = {int(i) for i in idxs}
+        removed = {int(i) % layer.hidden_size for i in idxs}  # a bidirectional output channel -> its unit
         keep = torch.tensor([u for u in range(layer.hidden_size) if u not in removed], dtype=torch.long)
         rows = _gate_rows(layer, keep)
+        # a layer above the first reads every direction of the one below: the kept units of each
+        below = torch.cat([keep + k * layer.hidden_size for k in range(len(_directions(layer)))])
         for level in range(layer.num_layers):
             for direction in _directions(layer):
                 suffix = f"_l{level}{direction}"
                 weight_ih = getattr(layer, "weight_ih" + suffix).data.index_select(0, rows)
                 if level > 0:
-                    weight_ih = weight_ih.index_select(1, keep)
+                    weight_ih = weight_ih.index_select(1, below)
                 _replace(layer, "weight_ih" + suffix, weight_ih)
                 _replace(layer, "weight_hh" + suffix,
                          getattr(layer, "weight_hh" + suffix).data.index_select(0, rows).index_select(1, keep))
@@ -133,7 +141,12 @@ def trace_hook(module: nn.RNNBase, inputs, output):
     def stand_in(tensor: torch.Tensor) -> torch.Tensor:
         if last.shape[-1] < tensor.shape[-1]:
             return tensor  # an LSTM's cell state behind a projection is wider than the output
-        return last[..., :tensor.shape[-1]].expand_as(tensor)
+        if last.shape[-1] == tensor.shape[-1]:
+            return last[..., :tensor.shape[-1]].expand_as(tensor)
+        # A bidirectional layer's state holds one direction: its units are the output's first half.
+        # A split, not a slice: DepGraph's shape inference counts a slice as its input's width, and a
+        # concatenation of the state with anything then gets no channel offsets.
+        return torch.split(last, tensor.shape[-1], dim=last.dim() - 1)[0].expand_as(tensor)
 
     if isinstance(state, tuple):
         return sequence, tuple(stand_in(t) for t in state)
@@ -144,7 +157,8 @@ def mask_hook(layer: nn.RNNBase, removed: list[int]):
     """A forward hook (register with with_kwargs=True) that recomputes the layer with the gate rows of
     the `removed` units zeroed (the module docstring says why that equals removing them)."""
     rows = torch.ones(gates(layer) * layer.hidden_size)
-    rows[_gate_rows(layer, torch.tensor(sorted(removed), dtype=torch.long))] = 0.0
+    removed_units = sorted({int(i) % layer.hidden_size for i in removed})  # both directions' channels of a unit
+    rows[_gate_rows(layer, torch.tensor(removed_units, dtype=torch.long))] = 0.0
     names = [n for n in layer._flat_weights_names if n.startswith(("weight_ih", "weight_hh", "bias_ih", "bias_hh"))]
     running = False  # the recomputation calls the module again, which runs this hook: let that call be
 

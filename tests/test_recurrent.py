@@ -10,7 +10,7 @@ from torch import nn
 
 from deploycompress.graph import ChannelMasks, GroupGraph, apply_plan
 from deploycompress.importance import ScoringContext, score_groups
-from deploycompress.latency.table import find_operators
+from deploycompress.latency.table import find_operators, operator_widths
 from deploycompress.model_size import count_macs
 from deploycompress.recurrent import HIDDEN_MULTIPLE
 
@@ -46,19 +46,22 @@ def masked_and_pruned(model: nn.Module, graph: GroupGraph, example: torch.Tensor
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
-@pytest.mark.parametrize("layers, batch_first", [(1, True), (2, False)])
-def test_masked_units_equal_removed_ones(kind, layers, batch_first):
-    """Zeroing a unit's gate rows is removing it, through every step, layer and the final state."""
+@pytest.mark.parametrize("layers, batch_first, bidirectional", [(1, True, False), (2, False, False), (2, True, True)])
+def test_masked_units_equal_removed_ones(kind, layers, batch_first, bidirectional):
+    """Zeroing a unit's gate rows is removing it, through every step, layer, direction and the final state."""
     torch.manual_seed(0)
-    model = Reader(kind, layers, batch_first).eval()
+    model = Reader(kind, layers, batch_first, bidirectional).eval()
     example = torch.zeros(1, 9, 12)
     graph = GroupGraph(model, example, verify=True)
     assert graph.skipped == [] and graph["rnn"].recurrent and graph["rnn"].channels == 32
+    if bidirectional:  # a unit is its forward and its backward output channel
+        assert graph["rnn"].units == [[j, j + 32] for j in range(32)]
     plan = {"rnn": [u for u in range(32) if u % 3 == 1 or u > 25]}
     x = torch.randn(3, 9, 12)
     masked, pruned = masked_and_pruned(model, graph, example, plan, x)
     assert pruned.rnn.hidden_size == len(plan["rnn"])
-    assert pruned.fc.in_features == 2 * len(plan["rnn"])  # the last step and the final state both lose them
+    # the last step (both directions) and the final state (the last direction) lose them
+    assert pruned.fc.in_features == (3 if bidirectional else 2) * len(plan["rnn"])
     with torch.no_grad():
         assert torch.allclose(masked, pruned(x), atol=1e-5)
         assert not torch.allclose(masked, model(x), atol=1e-3)  # the masks did something
@@ -139,16 +142,59 @@ def test_masked_units_stay_out_of_training():
         assert rows[:, 16:].abs().sum() == 0 and rows[:, :16].abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("bidirectional, own_state, reason", [
-    (True, False, "a bidirectional recurrent layer"),
-    (False, True, "zeroing its channels is not the same as removing them"),
-])
-def test_what_masks_cannot_express_is_left_dense_with_its_reason(bidirectional, own_state, reason):
-    model = Reader("LSTM", 1, True, bidirectional=bidirectional, own_state=own_state).eval()
+def test_a_model_that_passes_its_own_initial_state_keeps_its_units():
+    model = Reader("GRU", 1, True, own_state=True).eval()
     graph = GroupGraph(model, torch.zeros(1, 9, 12), verify=True)
-    assert [g.name for g in graph.groups] == ["fc"] or graph.groups == []
-    (skipped,) = [s for s in graph.skipped if s.name == "rnn"]
-    assert skipped.reason.startswith(reason), skipped.reason
+    assert graph.groups == []  # fc is the output layer
+    (skipped,) = graph.skipped
+    assert skipped.name == "rnn" and skipped.reason.startswith("zeroing its channels is not the same as removing them")
+
+
+def test_an_lstm_with_a_projection_keeps_its_units_with_the_reason():
+    model = nn.Sequential(nn.LSTM(12, 32, proj_size=16, batch_first=True)).eval()
+
+    class LastStep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.fc = model[0], nn.Linear(16, 5)
+
+        def forward(self, x):
+            return self.fc(self.lstm(x)[0][:, -1])
+
+    graph = GroupGraph(LastStep().eval(), torch.zeros(1, 9, 12), verify=True)
+    assert graph.groups == []
+    (skipped,) = graph.skipped
+    assert skipped.name == "lstm" and skipped.reason.startswith("an LSTM with proj_size")
+
+
+class BidirectionalStack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(12, 32, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = nn.GRU(64, 24, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(48, 5)
+
+    def forward(self, x):
+        return self.fc(self.gru(self.lstm(x)[0])[0][:, -1])
+
+
+def test_a_bidirectional_unit_is_one_hidden_unit_in_the_latency_table():
+    """A bidirectional group loses two channels per unit; the layer's signature counts hidden units, and
+    the layer it feeds reads both directions."""
+    model = BidirectionalStack().eval()
+    graph = GroupGraph(model, torch.zeros(1, 9, 12), verify=True)
+    assert graph.skipped == [] and graph["lstm"].unit_size == 2 and graph["lstm"].channels == 32
+    operators = {op.name: op for op in find_operators(graph, batch=1)}
+    assert operators["lstm"].signature.kernel == (4, 2, 2)
+    removed = {"lstm": 8 * 2, "gru": 4 * 2}  # root channels, as the latency model counts them
+    assert operator_widths(operators["lstm"], removed) == (12, 24)
+    assert operator_widths(operators["gru"], removed) == (64 - 16, 20)
+    # the second LSTM layer reads both directions of the first: its cost grows with 3 x hidden^2
+    lstm = operators["lstm"].signature
+    assert lstm.cost_coordinate() == 32 * (12 + 32) + 32 * 3 * 32
+    pruned = apply_plan(copy.deepcopy(model), torch.zeros(1, 9, 12), {"lstm": list(range(24)), "gru": list(range(20))})
+    assert (pruned.lstm.hidden_size, pruned.gru.input_size, pruned.gru.hidden_size, pruned.fc.in_features) == \
+        (24, 48, 20, 40)
 
 
 def _token_model(factory: str):
@@ -173,7 +219,7 @@ def test_an_lstm_feeding_a_gru_is_one_group_with_the_grus_input():
     operators = {op.name: op for op in find_operators(graph, batch=1)}
     assert operators["gru"].signature.kind == "recurrent"
     assert (operators["gru"].in_groups, operators["gru"].out_groups) == (["lstm"], ["gru"])
-    assert operators["gru"].signature.kernel == (3, 1) and operators["gru"].signature.spatial_in == (64,)
+    assert operators["gru"].signature.kernel == (3, 1, 1) and operators["gru"].signature.spatial_in == (64,)
     # The LSTM's group has no layer Torch-Pruning's importances read: its own gate rows score it
     scoring = ScoringContext(model, graph, torch.randint(0, 1000, (16, 64)), torch.randint(0, 10, (16,)),
                              torch.randn(16, 10))

@@ -55,7 +55,8 @@ class OpSignature:
     """What one conv/linear's latency depends on inside a model (besides the runtime fingerprint)."""
 
     kind: str  # "conv", "linear", "attention" (cin = cout = heads; spatial_in = (sequence, embedding)) or
-    # "recurrent" (cin = input width, cout = hidden units; spatial_in = (steps,); kernel = (gates, layers))
+    # "recurrent" (cin = input width, cout = hidden units; spatial_in = (steps,);
+    # kernel = (gates, layers, directions))
     batch: int
     cin: int
     cout: int
@@ -79,9 +80,11 @@ class OpSignature:
     def cost_coordinate(self) -> float:
         """What the kernel's time grows with: width for depthwise convs and for attention heads (each
         head adds its own projections and attention); hidden x (input + hidden) width for a recurrent
-        layer (every gate multiplies the input and the previous state); input x output width otherwise."""
+        layer (every gate multiplies the input and the previous state; a layer above the first reads
+        every direction of the one below); input x output width otherwise."""
         if self.kind == "recurrent":
-            return float(self.cout * (self.cin + self.cout))
+            layers, directions = self.kernel[1], self.kernel[2]
+            return float(self.cout * (self.cin + self.cout) + (layers - 1) * self.cout * (directions + 1) * self.cout)
         return float(self.cin if self.depthwise or self.kind == "attention" else self.cin * self.cout)
 
 
@@ -190,7 +193,7 @@ def _signature(module: nn.Module, inp: torch.Tensor, out: torch.Tensor, batch: i
     if isinstance(module, recurrent.RECURRENT) and inp.dim() == 3:
         steps = int(inp.shape[1] if module.batch_first else inp.shape[0])
         return OpSignature("recurrent", batch, module.input_size, module.hidden_size, (steps,), (steps,),
-                           (recurrent.gates(module), module.num_layers))
+                           (recurrent.gates(module), module.num_layers, 2 if module.bidirectional else 1))
     return None
 
 
@@ -253,9 +256,11 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
 
 def operator_widths(op: Operator, removed: dict[str, int]) -> tuple[int, int]:
     """An operator's input/output widths once each group has lost `removed[group]` channels."""
+    lost_out = sum(removed.get(g, 0) for g in op.out_groups)
+    if op.signature.kind == "recurrent":  # cout counts hidden units; a bidirectional one has two channels each
+        lost_out //= op.signature.kernel[2]
     cin = op.signature.cin - sum(removed.get(g, 0) for g in op.in_groups)
-    cout = op.signature.cout - sum(removed.get(g, 0) for g in op.out_groups)
-    return max(cin, 1), max(cout, 1)
+    return max(cin, 1), max(op.signature.cout - lost_out, 1)
 
 
 def widths_signature(op: Operator, removed: dict[str, int]) -> OpSignature:

@@ -238,7 +238,7 @@ def nothing_to_prune(graph: GroupGraph, ignore: str | None) -> str:
 
 def time_outside_groups(ctx: RunContext, graph: GroupGraph) -> str | None:
     """Why a target is out of reach, from one profile of the dense model: how much of its time is in
-    layers no group shrinks (an embedding, a bidirectional recurrent layer, a group left dense), and which."""
+    layers no group shrinks (an embedding, a recurrent layer left dense, a group left dense), and which."""
     cfg = ctx.config
     try:
         breakdown = profiler.operator_breakdown(export_bytes(ctx.dense, ctx.example_input), cfg.profile.threads,
