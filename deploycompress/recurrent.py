@@ -2,10 +2,13 @@
 
 A hidden unit j is row j of every gate block of weight_ih, weight_hh and both biases, in every layer
 (the layers of one module share hidden_size), column j of weight_hh, and from the second layer on
-column j of weight_ih. Torch-Pruning's own LSTM pruner does not do that: it selects weight_hh's rows by
-the kept units of one gate block, twice (an LSTM(8, 16) losing 3 units raised IndexError on the second),
-and never its columns; it has none for GRU or RNN. So `RecurrentPruner` is registered for all
-three (graph.GroupGraph).
+column j of weight_ih. A bidirectional layer has both directions' parameters, each hidden_size units
+wide, and outputs the forward units then the backward ones: unit j is output channels j and
+hidden_size + j, removed together (`units`), and a layer above the first reads column j of each.
+Torch-Pruning's own LSTM pruner does not do that: it selects weight_hh's rows by the kept units of one
+gate block, twice (an LSTM(8, 16) losing 3 units raised IndexError on the second), and never its
+columns; it has none for GRU or RNN. So `RecurrentPruner` is registered for all three
+(graph.GroupGraph).
 
 Masks: zeroing a unit's output after the layer is not removing it, because h_t feeds the next step.
 Zeroing its gate rows (weights and biases) is: every pre-activation of the unit is then 0 at every
@@ -179,17 +182,21 @@ def mask_hook(layer: nn.RNNBase, removed: list[int]):
     return hook
 
 
-
 def unit_scores(layer: nn.RNNBase) -> torch.Tensor:
-    """L2 norm of each hidden unit's gate rows (input and recurrent weights, every layer and direction):
-    the magnitude of a group whose layers Torch-Pruning's importances do not read (a recurrent layer
-    feeding another)."""
-    total = torch.zeros(layer.hidden_size)
-    for name in layer._flat_weights_names:
-        if name.startswith(("weight_ih", "weight_hh")):
-            squares = getattr(layer, name).detach().float().pow(2).sum(1)
-            total += squares.view(gates(layer), layer.hidden_size).sum(0)
-    return total.sqrt()
+    """L2 norm of each output channel's gate rows (input and recurrent weights, every layer): the
+    magnitude of a group whose layers Torch-Pruning's importances do not read (a recurrent layer feeding
+    another). One score per output channel, as for any group: a bidirectional layer's forward units,
+    then its backward ones, each from its own direction's weights."""
+    scores = []
+    for direction in _directions(layer):
+        total = torch.zeros(layer.hidden_size)
+        for name in layer._flat_weights_names:
+            reverse = name.endswith("_reverse")
+            if name.startswith(("weight_ih", "weight_hh")) and reverse == (direction == "_reverse"):
+                squares = getattr(layer, name).detach().float().pow(2).sum(1)
+                total += squares.view(gates(layer), layer.hidden_size).sum(0)
+        scores.append(total.sqrt())
+    return torch.cat(scores)
 
 
 def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:

@@ -195,6 +195,12 @@ def test_a_bidirectional_unit_is_one_hidden_unit_in_the_latency_table():
     pruned = apply_plan(copy.deepcopy(model), torch.zeros(1, 9, 12), {"lstm": list(range(24)), "gru": list(range(20))})
     assert (pruned.lstm.hidden_size, pruned.gru.input_size, pruned.gru.hidden_size, pruned.fc.in_features) == \
         (24, 48, 20, 40)
+    # the LSTM feeds only the GRU, which Torch-Pruning's importances do not read: scored from its own
+    # weights, one score per unit summed over its two directions
+    x = torch.randn(8, 9, 12)
+    scoring = ScoringContext(model, graph, x, torch.randint(0, 5, (8,)), torch.randn(8, 5))
+    scores = score_groups("l2", scoring)
+    assert scores["lstm"].shape == (32,) and float(scores["lstm"].std()) > 0
 
 
 def _token_model(factory: str):
