@@ -189,9 +189,9 @@ def test_a_bidirectional_unit_is_one_hidden_unit_in_the_latency_table():
     removed = {"lstm": 8 * 2, "gru": 4 * 2}  # root channels, as the latency model counts them
     assert operator_widths(operators["lstm"], removed) == (12, 24)
     assert operator_widths(operators["gru"], removed) == (64 - 16, 20)
-    # the second LSTM layer reads both directions of the first: its cost grows with 3 x hidden^2
+    # the second LSTM layer reads both directions of the first; each layer's recurrent product weighs double
     lstm = operators["lstm"].signature
-    assert lstm.cost_coordinate() == 32 * (12 + 32) + 32 * 3 * 32
+    assert lstm.cost_coordinate() == 32 * 12 + 32 * 2 * 32 + 2 * 2 * 32 * 32
     pruned = apply_plan(copy.deepcopy(model), torch.zeros(1, 9, 12), {"lstm": list(range(24)), "gru": list(range(20))})
     assert (pruned.lstm.hidden_size, pruned.gru.input_size, pruned.gru.hidden_size, pruned.fc.in_features) == \
         (24, 48, 20, 40)
