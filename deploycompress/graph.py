@@ -33,16 +33,15 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
 from . import attention_heads, recurrent
 from .errors import first_line
+from .masks import ChannelMasks
 
 Plan = dict[str, list[int]]  # group name -> kept unit indices (ascending)
 
-_LAST_DIM_TYPES = (nn.Linear, nn.LayerNorm)
 # Torch-Pruning's nodes for torch.split/chunk and unbind: where one root channel can couple to others
 _SPLITS = (tp.ops._SplitOp, tp.ops._UnbindOp)
 # masked and test-pruned outputs must agree to float rounding (relative to the output's scale)
@@ -499,42 +498,6 @@ def apply_plan(model: nn.Module, example_input: torch.Tensor, plan: Plan, ignore
     return model
 
 
-class ChannelMasks:
-    """Zero the plan's removed channels at every module that produces them, via forward hooks.
-
-    Zeroing a channel at its conv *and* its BatchNorm makes it exactly zero downstream (BN would
-    otherwise add its shift back), so the masked model computes what the shrunk model computes.
-    LayerNorm and GroupNorm normalise over several channels, so their hooks recompute them over the
-    kept channels only; attention modules recompute their output from the kept heads, and recurrent
-    layers theirs with the removed units' gate rows zeroed.
-    """
-
-    def __init__(self, graph: GroupGraph, plan: Plan):
-        self.handles = []
-        for module, removed in graph.removed_outputs(plan).items():
-            if isinstance(module, recurrent.RECURRENT):  # its units feed back: zero their gate rows instead
-                self.handles.append(module.register_forward_hook(recurrent.mask_hook(module, removed),
-                                                                 with_kwargs=True))
-                continue
-            width = _output_width(module)
-            if width is None:
-                continue
-            if _normalises_over_channels(module):
-                kept = sorted(set(range(width)) - set(removed))
-                self.handles.append(module.register_forward_hook(_norm_over_kept_hook(kept)))
-                continue
-            mask = torch.ones(width)
-            mask[removed] = 0.0
-            self.handles.append(module.register_forward_hook(_mask_hook(mask, module)))
-        for module, kept in graph.removed_heads(plan).items():
-            self.handles.append(module.register_forward_hook(attention_heads.head_mask_hook(kept), with_kwargs=True))
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
-
 def _halving_op_reason(group) -> str | None:
     """Why a group that passes through F.glu / nn.GLU cannot be pruned. GLU halves the channels, and
     Torch-Pruning maps it as an elementwise op (the same channels in and out), so its consumers would lose
@@ -550,56 +513,6 @@ def _halving_op_reason(group) -> str | None:
 def _group_count(module: nn.Module) -> int:
     """Groups of a grouped conv or a GroupNorm: its channels are pruned by the same offsets in each."""
     return module.num_groups if isinstance(module, nn.GroupNorm) else module.groups
-
-
-def _output_width(module: nn.Module) -> int | None:
-    for attr in ("out_channels", "out_features", "num_features", "num_channels"):
-        if hasattr(module, attr):
-            return int(getattr(module, attr))
-    if isinstance(module, nn.LayerNorm):
-        return int(module.normalized_shape[-1])
-    return None
-
-
-def _mask_hook(mask: torch.Tensor, module: nn.Module):
-    last_dim = isinstance(module, _LAST_DIM_TYPES)
-
-    def hook(_module, _inputs, output):
-        if not isinstance(output, torch.Tensor):
-            return output
-        shape = [1] * output.dim()
-        dim = output.dim() - 1 if last_dim else 1
-        shape[dim] = -1
-        return output * mask.to(output.dtype).view(shape)
-
-    return hook
-
-
-def _normalises_over_channels(module: nn.Module) -> bool:
-    """A norm whose statistics mix the channels (so zeroing some changes the rest): GroupNorm, and
-    LayerNorm over the channel (last) dimension alone."""
-    return isinstance(module, nn.GroupNorm) or (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1)
-
-
-def _norm_over_kept_hook(kept: list[int]):
-    """A LayerNorm (over the last dim) or GroupNorm (over dim 1, in as many groups) of the kept
-    channels only, zeros elsewhere: what the pruned norm computes. For GroupNorm, Torch-Pruning keeps
-    num_groups, and the group's units take the same offsets from every norm group, so each keeps as
-    many channels, in order."""
-    index = torch.tensor(kept, dtype=torch.long)
-
-    def hook(module: nn.Module, inputs, output):
-        x = inputs[0]
-        idx = index.to(x.device)
-        weight = module.weight[idx] if module.weight is not None else None
-        bias = module.bias[idx] if module.bias is not None else None
-        if isinstance(module, nn.GroupNorm):
-            kept_out = F.group_norm(x.index_select(1, idx), module.num_groups, weight, bias, module.eps)
-            return torch.zeros_like(output).index_copy(1, idx, kept_out)
-        kept_out = F.layer_norm(x.index_select(-1, idx), (len(kept),), weight, bias, module.eps)
-        return torch.zeros_like(output).index_copy(-1, idx, kept_out)
-
-    return hook
 
 
 def round_channels(count: float, channels: int, multiple: int) -> int:

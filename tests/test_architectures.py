@@ -86,6 +86,26 @@ def test_group_norm_model_reaches_2x(tmp_path):
     assert all(entry["channels_after"] < entry["channels_before"] for entry in report["layers"])
 
 
+def assert_masked_norm_equals_pruned(model: nn.Module, kept_units) -> tuple[GroupGraph, list[int], nn.Module]:
+    """conv -> norm -> conv with random affine terms: the norm's one group, under the masks of a plan
+    keeping `kept_units(units)`, computes what the pruned model does. Returns the graph, the kept units
+    and the pruned model."""
+    nn.init.normal_(model[1].weight)
+    nn.init.normal_(model[1].bias)
+    graph = GroupGraph(model, torch.zeros(1, 3, 8, 8), verify=True)
+    assert graph.skipped == [] and [g.name for g in graph.groups] == ["0"]
+    plan = {"0": kept_units(graph["0"].channels)}
+    x = torch.randn(2, 3, 8, 8)
+    masks = ChannelMasks(graph, plan)
+    with torch.no_grad():
+        masked = model(x)
+    masks.remove()
+    pruned = apply_plan(copy.deepcopy(model), torch.zeros(1, 3, 8, 8), plan)
+    with torch.no_grad():
+        assert torch.allclose(masked, pruned(x), atol=1e-5)
+    return graph, plan["0"], pruned
+
+
 @pytest.mark.parametrize("num_groups", [1, 4, 12])
 def test_masked_group_norm_equals_pruned(num_groups):
     """ChannelMasks renormalises a GroupNorm over the kept channels in as many groups, which is what the
@@ -93,21 +113,9 @@ def test_masked_group_norm_equals_pruned(num_groups):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 48, 3, padding=1), nn.GroupNorm(num_groups, 48), nn.SiLU(),
                           nn.Conv2d(48, 8, 3, padding=1)).eval()
-    nn.init.normal_(model[1].weight)
-    nn.init.normal_(model[1].bias)
-    graph = GroupGraph(model, torch.zeros(1, 3, 8, 8), verify=True)
-    assert graph.skipped == [] and [g.name for g in graph.groups] == ["0"]
+    graph, kept, pruned = assert_masked_norm_equals_pruned(model, lambda units: [u for u in range(units) if u % 3])
     assert graph["0"].channels == 48 // num_groups if num_groups > 1 else 48
-    plan = {"0": [u for u in range(graph["0"].channels) if u % 3]}
-    x = torch.randn(2, 3, 8, 8)
-    masks = ChannelMasks(graph, plan)
-    with torch.no_grad():
-        masked = model(x)
-    masks.remove()
-    pruned = apply_plan(copy.deepcopy(model), torch.zeros(1, 3, 8, 8), plan)
-    assert pruned[1].num_channels == len(graph["0"].root_channels(plan["0"])) and pruned[1].num_groups == num_groups
-    with torch.no_grad():
-        assert torch.allclose(masked, pruned(x), atol=1e-5)
+    assert pruned[1].num_channels == len(graph["0"].root_channels(kept)) and pruned[1].num_groups == num_groups
 
 
 def test_group_norm_of_single_channels_is_left_dense_with_its_reason():
@@ -118,6 +126,29 @@ def test_group_norm_of_single_channels_is_left_dense_with_its_reason():
     assert graph.groups == []
     (skipped,) = graph.skipped
     assert "GroupNorm 1 (num_groups=16) would lose its equal groups" in skipped.reason
+
+
+def test_convnext_prunes_its_residual_streams_through_layer_norm_2d(tmp_path):
+    """torchvision's LayerNorm2d (an nn.LayerNorm that permutes NCHW inside forward) normalises dim 1:
+    the masks renormalise the kept channels there, so the streams it sits on are pruned, not left dense."""
+    report = compress(tmp_path, "convnext.py:make", "1,3,32,32")
+    assert_compressed(report, tmp_path)
+    assert report["skipped_groups"] == []
+    assert {"features.0.0", "features.2.1", "features.4.1"} <= {entry["name"] for entry in report["layers"]}
+    assert_loads_as_the_shipped_model(tmp_path / "run", "convnext.py:make", torch.randn(2, 3, 32, 32))
+
+
+def test_masked_layer_norm_2d_equals_pruned():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convnext_arch", ARCHS / "convnext.py")
+    arch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(arch)
+    torch.manual_seed(0)
+    # 8 channels at 8x8: the input's last dim has the channels' size too, which must not be taken for them
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), arch.LayerNorm2d(8), nn.Conv2d(8, 4, 3)).eval()
+    _, kept, pruned = assert_masked_norm_equals_pruned(model, lambda units: [0, 2, 3, 6])
+    assert pruned[1].normalized_shape == (len(kept),)
 
 
 def test_gated_units_reach_2x(tmp_path):

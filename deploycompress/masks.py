@@ -1,0 +1,116 @@
+"""The masked view of a plan: the model computes what the pruned model would, with every removed
+channel zeroed by forward hooks instead of cut out. Pruning searches and finetunes under masks, since
+the parameters keep their shapes (and the optimiser its state) while the plan changes."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import attention_heads, recurrent
+
+if TYPE_CHECKING:
+    from .graph import GroupGraph
+
+_LAST_DIM_TYPES = (nn.Linear, nn.LayerNorm)
+
+
+class ChannelMasks:
+    """Zero the plan's removed channels at every module that produces them, via forward hooks.
+
+    Zeroing a channel at its conv *and* its BatchNorm makes it exactly zero downstream (BN would
+    otherwise add its shift back), so the masked model computes what the shrunk model computes.
+    LayerNorm and GroupNorm normalise over several channels, so their hooks recompute them over the
+    kept channels only; attention modules recompute their output from the kept heads, and recurrent
+    layers theirs with the removed units' gate rows zeroed.
+    """
+
+    def __init__(self, graph: GroupGraph, plan: dict[str, list[int]]):
+        self.handles = []
+        for module, removed in graph.removed_outputs(plan).items():
+            if isinstance(module, recurrent.RECURRENT):  # its units feed back: zero their gate rows instead
+                self.handles.append(module.register_forward_hook(recurrent.mask_hook(module, removed),
+                                                                 with_kwargs=True))
+                continue
+            width = _output_width(module)
+            if width is None:
+                continue
+            if _normalises_over_channels(module):
+                kept = sorted(set(range(width)) - set(removed))
+                self.handles.append(module.register_forward_hook(_norm_over_kept_hook(kept)))
+                continue
+            mask = torch.ones(width)
+            mask[removed] = 0.0
+            self.handles.append(module.register_forward_hook(_mask_hook(mask, module)))
+        for module, kept in graph.removed_heads(plan).items():
+            self.handles.append(module.register_forward_hook(attention_heads.head_mask_hook(kept), with_kwargs=True))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def _output_width(module: nn.Module) -> int | None:
+    for attr in ("out_channels", "out_features", "num_features", "num_channels"):
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    if isinstance(module, nn.LayerNorm):
+        return int(module.normalized_shape[-1])
+    return None
+
+
+def _mask_hook(mask: torch.Tensor, module: nn.Module):
+    last_dim = isinstance(module, _LAST_DIM_TYPES)
+
+    def hook(_module, _inputs, output):
+        if not isinstance(output, torch.Tensor):
+            return output
+        shape = [1] * output.dim()
+        dim = output.dim() - 1 if last_dim else 1
+        shape[dim] = -1
+        return output * mask.to(output.dtype).view(shape)
+
+    return hook
+
+
+def _normalises_over_channels(module: nn.Module) -> bool:
+    """A norm whose statistics mix the channels (so zeroing some changes the rest): GroupNorm, and
+    LayerNorm over the channel (last) dimension alone."""
+    return isinstance(module, nn.GroupNorm) or (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1)
+
+
+def _norm_over_kept_hook(kept: list[int]):
+    """A LayerNorm (over the last dim) or GroupNorm (over dim 1, in as many groups) of the kept
+    channels only, zeros elsewhere: what the pruned norm computes. For GroupNorm, Torch-Pruning keeps
+    num_groups, and the group's units take the same offsets from every norm group, so each keeps as
+    many channels, in order."""
+    index = torch.tensor(kept, dtype=torch.long)
+
+    def hook(module: nn.Module, inputs, output):
+        x = inputs[0]
+        idx = index.to(x.device)
+        weight = module.weight[idx] if module.weight is not None else None
+        bias = module.bias[idx] if module.bias is not None else None
+        if isinstance(module, nn.GroupNorm):
+            kept_out = F.group_norm(x.index_select(1, idx), module.num_groups, weight, bias, module.eps)
+            return torch.zeros_like(output).index_copy(1, idx, kept_out)
+        dim = _layer_norm_channel_dim(module, x)
+        kept_in = x.index_select(dim, idx).movedim(dim, -1)
+        kept_out = F.layer_norm(kept_in, (len(kept),), weight, bias, module.eps).movedim(-1, dim)
+        return torch.zeros_like(output).index_copy(dim, idx, kept_out)
+
+    return hook
+
+
+def _layer_norm_channel_dim(module: nn.LayerNorm, x: torch.Tensor) -> int:
+    """Where a LayerNorm's input holds the channels: the last dim, except for a subclass whose forward
+    moves them there from dim 1 (torchvision's and timm's LayerNorm2d on NCHW input, which Torch-Pruning
+    prunes as any LayerNorm). The verification trial catches a subclass that does something else."""
+    overridden = type(module).forward is not nn.LayerNorm.forward
+    if overridden and x.dim() > 2 and x.shape[1] == module.normalized_shape[0]:
+        return 1
+    return x.dim() - 1
+
