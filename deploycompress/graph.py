@@ -36,9 +36,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import attention_heads, recurrent
+from . import attention_heads, recurrent, tp_fixes
 from .errors import first_line
 from .masks import ChannelMasks
+
+tp_fixes.apply()
 
 Plan = dict[str, list[int]]  # group name -> kept unit indices (ascending)
 
