@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from deploycompress.cli import main
-from deploycompress.latency.profiler import ORT_INSERTED, LayerMap, aggregate_events, module_path, resolve_layer
+from deploycompress.latency.profiler import (ORT_INSERTED, TOP_LEVEL, LayerMap, aggregate_events, module_path,
+                                              resolve_layer, time_outside)
 from deploycompress.onnx_export import export_bytes
 
 
@@ -82,6 +83,15 @@ def test_module_path_turns_exporter_scopes_into_module_names(name, layer):
 def test_resolve_layer_finds_modules_the_exporter_scoped_by_name_alone(layer, resolved):
     modules = ["blocks.0.attn", "blocks.0.mlp.0", "blocks.1.attn", "blocks.1.mlp.0"]
     assert resolve_layer(layer, modules) == resolved
+
+
+def test_time_outside_names_modules_and_what_has_no_module():
+    breakdown = {"total_ms": 10.0, "layers": [
+        {"name": "lstm", "ms": 5.0}, {"name": ORT_INSERTED, "ms": 2.0}, {"name": TOP_LEVEL, "ms": 1.0},
+        {"name": "fc", "ms": 2.0}]}
+    text = time_outside(breakdown, {"lstm": "LSTM", "fc": "Linear"}, reached={"fc"})
+    assert text == ("80% of the dense model's time is in layers no channel group reaches: lstm (LSTM) 50%, "
+                    "layout reorders ONNX Runtime inserts 20%, ops in the model's own forward 10%")
 
 
 def test_layer_map_follows_ort_fusions_back_to_the_conv(tiny_bytes):

@@ -225,10 +225,19 @@ def time_outside(breakdown: dict, module_types: dict[str, str], reached: set[str
         if not any(within(layer, m) for m in reached):
             outside[layer] += row["ms"]
     largest = sorted(outside.items(), key=lambda item: -item[1])[:top]
-    listed = ", ".join(f"{name} ({module_types[name]}) {ms / total:.0%}" if name in module_types
-                       else f"{name} {ms / total:.0%}" for name, ms in largest)
+    listed = ", ".join(f"{_describe_layer(name, module_types)} {ms / total:.0%}" for name, ms in largest)
     return (f"{sum(outside.values()) / total:.0%} of the dense model's time is in layers no channel group "
             f"reaches: {listed}")
+
+
+def _describe_layer(name: str, module_types: dict[str, str]) -> str:
+    if name in module_types:
+        return f"{name} ({module_types[name]})"
+    if name == ORT_INSERTED:  # no module: pruning reaches it only through the layout the model asks for
+        return "layout reorders ONNX Runtime inserts"
+    if name == TOP_LEVEL:
+        return "ops in the model's own forward"
+    return name
 
 
 def profile_model(model: str | Path, threads: list[int], batch_sizes: list[int], device: str = "cpu",
