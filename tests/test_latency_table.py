@@ -50,6 +50,36 @@ def test_operator_widths_follow_groups():
     assert shrunk.cost_coordinate() == 32  # depthwise cost grows with width, not width squared
 
 
+def test_consumers_lose_the_input_channels_they_see():
+    """A conv behind a gate (`a * sigmoid(b)` of a chunked conv) sees half the gating conv's channels, and
+    a Linear after a flatten every spatial position of each: each loses what it sees."""
+    from torch import nn
+
+    from deploycompress.graph import GroupGraph
+    from deploycompress.latency.table import find_operators, operator_widths
+
+    class GateThenFlatten(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate = nn.Conv2d(3, 32, 3, padding=1)  # 16 values, 16 gates
+            self.conv = nn.Conv2d(16, 8, 3, stride=2, padding=1)
+            self.hidden = nn.Linear(8 * 4 * 4, 24)
+            self.fc = nn.Linear(24, 10)
+
+        def forward(self, x):
+            a, b = self.gate(x).chunk(2, dim=1)
+            y = torch.relu(self.conv(a * torch.sigmoid(b)))
+            return self.fc(torch.relu(self.hidden(y.flatten(1))))
+
+    graph = GroupGraph(GateThenFlatten().eval(), torch.zeros(1, 3, 8, 8), verify=True)
+    assert graph.skipped == [] and graph["gate"].unit_size == 2
+    ops = {op.name: op for op in find_operators(graph, batch=1)}
+    removed = {"gate": 4 * 2, "conv": 2}  # root channels: 4 gated units, 2 conv channels
+    assert operator_widths(ops["gate"], removed) == (3, 24)
+    assert operator_widths(ops["conv"], removed) == (12, 6)
+    assert operator_widths(ops["hidden"], removed) == (128 - 2 * 16, 24)
+
+
 def test_cache_key_covers_runtime_and_shape():
     base = runtime.runtime_fingerprint(threads=1, batch_size=1)
     assert {"ort", "cpu", "isa", "threads", "batch_size", "device"} <= base.keys()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -185,6 +185,9 @@ class Operator:
     signature: OpSignature  # dense
     in_groups: list[str]
     out_groups: list[str]
+    # Input channels this operator loses per root channel a group loses, where that is not 1: half behind
+    # a gate (`a * sigmoid(b)` of a chunked conv), spatial positions for a Linear after a flatten.
+    in_ratio: dict[str, float] = field(default_factory=dict)
 
 
 # The convolutions the table times (any spatial rank: the signature keeps every spatial dimension; a
@@ -237,8 +240,10 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
             h.remove()
     in_groups: dict[nn.Module, set[str]] = {}
     out_groups: dict[nn.Module, set[str]] = {}
+    in_ratio: dict[nn.Module, dict[str, float]] = {}
     for group in graph.groups:
-        for dep, _ in group.tp_group:
+        root_channels = len(group.tp_group[0][1]) if group.tp_group else 0
+        for dep, idxs in group.tp_group:
             module = dep.target.module
             if graph.dg.is_out_channel_pruning_fn(dep.handler):
                 out_groups.setdefault(module, set()).add(group.name)
@@ -246,12 +251,14 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
                     in_groups.setdefault(module, set()).add(group.name)  # depthwise: input follows output
             elif graph.dg.is_in_channel_pruning_fn(dep.handler):
                 in_groups.setdefault(module, set()).add(group.name)
+                if root_channels and len(idxs) != root_channels:
+                    in_ratio.setdefault(module, {})[group.name] = len(idxs) / root_channels
     operators = []
     for module, (inp, out) in shapes.items():
         sig = _signature(module, inp, out, batch)
         if sig is not None:
             operators.append(Operator(names[module], sig, sorted(in_groups.get(module, ())),
-                                      sorted(out_groups.get(module, ()))))
+                                      sorted(out_groups.get(module, ())), in_ratio.get(module, {})))
     for group in graph.groups:
         if group.kind == "heads" and group.attention in shapes:
             query = shapes[group.attention][0]
@@ -268,8 +275,8 @@ def operator_widths(op: Operator, removed: dict[str, int]) -> tuple[int, int]:
     lost_out = sum(removed.get(g, 0) for g in op.out_groups)
     if op.signature.kind == "recurrent":  # cout counts hidden units; a bidirectional one has two channels each
         lost_out //= op.signature.kernel[2]
-    cin = op.signature.cin - sum(removed.get(g, 0) for g in op.in_groups)
-    return max(cin, 1), max(op.signature.cout - lost_out, 1)
+    lost_in = sum(round(removed.get(g, 0) * op.in_ratio.get(g, 1.0)) for g in op.in_groups)
+    return max(op.signature.cin - lost_in, 1), max(op.signature.cout - lost_out, 1)
 
 
 def widths_signature(op: Operator, removed: dict[str, int]) -> OpSignature:
