@@ -1,6 +1,6 @@
 """The masked view of a plan: the model computes what the pruned model would, with every removed
-channel zeroed by forward hooks instead of cut out. Pruning searches and finetunes under masks, since
-the parameters keep their shapes (and the optimiser its state) while the plan changes."""
+channel zeroed by forward hooks instead of cut out. The search scores plans and the finetune trains
+under masks: the parameters keep their shapes while plans change, and shrink.py cuts them once."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -78,15 +78,15 @@ def _mask_hook(mask: torch.Tensor, module: nn.Module):
 
 def _normalises_over_channels(module: nn.Module) -> bool:
     """A norm whose statistics mix the channels (so zeroing some changes the rest): GroupNorm, and
-    LayerNorm over the channel (last) dimension alone."""
+    LayerNorm over the channel dimension alone."""
     return isinstance(module, nn.GroupNorm) or (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1)
 
 
 def _norm_over_kept_hook(kept: list[int]):
-    """A LayerNorm (over the last dim) or GroupNorm (over dim 1, in as many groups) of the kept
-    channels only, zeros elsewhere: what the pruned norm computes. For GroupNorm, Torch-Pruning keeps
-    num_groups, and the group's units take the same offsets from every norm group, so each keeps as
-    many channels, in order."""
+    """A LayerNorm (over its channel dim, `_layer_norm_channel_dim`) or GroupNorm (over dim 1, in as
+    many groups) of the kept channels only, zeros elsewhere: what the pruned norm computes. For
+    GroupNorm, Torch-Pruning keeps num_groups, and the group's units take the same offsets from every
+    norm group, so each keeps as many channels, in order."""
     index = torch.tensor(kept, dtype=torch.long)
 
     def hook(module: nn.Module, inputs, output):
