@@ -97,7 +97,7 @@ def _norm_over_kept_hook(kept: list[int]):
         if isinstance(module, nn.GroupNorm):
             kept_out = F.group_norm(x.index_select(1, idx), module.num_groups, weight, bias, module.eps)
             return torch.zeros_like(output).index_copy(1, idx, kept_out)
-        dim = _layer_norm_channel_dim(module, x)
+        dim = _layer_norm_channel_dim(module, x, output)
         kept_in = x.index_select(dim, idx).movedim(dim, -1)
         kept_out = F.layer_norm(kept_in, (len(kept),), weight, bias, module.eps).movedim(-1, dim)
         return torch.zeros_like(output).index_copy(dim, idx, kept_out)
@@ -105,12 +105,19 @@ def _norm_over_kept_hook(kept: list[int]):
     return hook
 
 
-def _layer_norm_channel_dim(module: nn.LayerNorm, x: torch.Tensor) -> int:
+def _layer_norm_channel_dim(module: nn.LayerNorm, x: torch.Tensor, output: torch.Tensor) -> int:
     """Where a LayerNorm's input holds the channels: the last dim, except for a subclass whose forward
     moves them there from dim 1 (torchvision's and timm's LayerNorm2d on NCHW input, which Torch-Pruning
-    prunes as any LayerNorm). The verification trial catches a subclass that does something else."""
-    overridden = type(module).forward is not nn.LayerNorm.forward
-    if overridden and x.dim() > 2 and x.shape[1] == module.normalized_shape[0]:
+    prunes as any LayerNorm). A subclass is asked by its output: one that only wraps the norm (CLIP's
+    float32 cast) computes the last-dim norm even where dim 1 is as wide. The verification trial catches
+    a subclass that does something else."""
+    last, width = x.dim() - 1, module.normalized_shape[0]
+    if type(module).forward is nn.LayerNorm.forward or x.dim() < 3 or x.shape[1] != width:
+        return last
+    if x.shape[-1] != width:
         return 1
-    return x.dim() - 1
+    over_last = F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+    if over_last.shape == output.shape and torch.allclose(over_last, output.to(over_last.dtype), atol=1e-5):
+        return last
+    return 1
 

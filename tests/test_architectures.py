@@ -151,6 +151,32 @@ def test_masked_layer_norm_2d_equals_pruned():
     assert pruned[1].normalized_shape == (len(kept),)
 
 
+class FloatLayerNorm(nn.LayerNorm):
+    """CLIP's LayerNorm: the norm in float32, cast back; channels last as for any LayerNorm."""
+
+    def forward(self, x):
+        return super().forward(x.float()).type(x.dtype)
+
+
+def test_a_layer_norm_subclass_over_the_last_dim_stays_there_when_dim_1_is_as_wide():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), FloatLayerNorm(16), nn.Linear(16, 4)).eval()
+    nn.init.normal_(model[1].weight)
+    nn.init.normal_(model[1].bias)
+    example = torch.zeros(1, 16, 8)  # 16 tokens of width 16 after the first Linear
+    graph = GroupGraph(model, example, verify=True)
+    assert graph.skipped == [] and [g.name for g in graph.groups] == ["0"]
+    plan = {"0": [0, 3, 5, 6, 9, 12, 15]}
+    x = torch.randn(2, 16, 8)
+    masks = ChannelMasks(graph, plan)
+    with torch.no_grad():
+        masked = model(x)
+    masks.remove()
+    pruned = apply_plan(copy.deepcopy(model), example, plan)
+    with torch.no_grad():
+        assert torch.allclose(masked, pruned(x), atol=1e-5)
+
+
 def test_gated_units_reach_2x(tmp_path):
     report = compress(tmp_path, "gated.py:make", "1,3,32,32")
     assert_compressed(report, tmp_path)
