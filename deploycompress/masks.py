@@ -88,8 +88,10 @@ def _norm_over_kept_hook(kept: list[int]):
     GroupNorm, Torch-Pruning keeps num_groups, and the group's units take the same offsets from every
     norm group, so each keeps as many channels, in order."""
     index = torch.tensor(kept, dtype=torch.long)
+    layer_norm_dim = None  # decided on the first call: the layout does not change between batches
 
     def hook(module: nn.Module, inputs, output):
+        nonlocal layer_norm_dim
         x = inputs[0]
         idx = index.to(x.device)
         weight = module.weight[idx] if module.weight is not None else None
@@ -97,7 +99,9 @@ def _norm_over_kept_hook(kept: list[int]):
         if isinstance(module, nn.GroupNorm):
             kept_out = F.group_norm(x.index_select(1, idx), module.num_groups, weight, bias, module.eps)
             return torch.zeros_like(output).index_copy(1, idx, kept_out)
-        dim = _layer_norm_channel_dim(module, x, output)
+        if layer_norm_dim is None:
+            layer_norm_dim = _layer_norm_channel_dim(module, x, output)
+        dim = layer_norm_dim
         kept_in = x.index_select(dim, idx).movedim(dim, -1)
         kept_out = F.layer_norm(kept_in, (len(kept),), weight, bias, module.eps).movedim(-1, dim)
         return torch.zeros_like(output).index_copy(dim, idx, kept_out)
@@ -111,7 +115,7 @@ def _layer_norm_channel_dim(module: nn.LayerNorm, x: torch.Tensor, output: torch
     prunes as any LayerNorm). A subclass is asked by its output: one that only wraps the norm (CLIP's
     float32 cast) computes the last-dim norm even where dim 1 is as wide. The verification trial catches
     a subclass that does something else."""
-    last, width = x.dim() - 1, module.normalized_shape[0]
+    last, width = -1, module.normalized_shape[0]
     if type(module).forward is nn.LayerNorm.forward or x.dim() < 3 or x.shape[1] != width:
         return last
     if x.shape[-1] != width:

@@ -52,6 +52,12 @@ def units(layer: nn.RNNBase) -> list[list[int]] | None:
     return [[j, j + layer.hidden_size] for j in range(layer.hidden_size)]
 
 
+def _removed_units(layer: nn.RNNBase, channels) -> set[int]:
+    """The hidden units of removed output channels: a bidirectional layer's channel j and
+    hidden_size + j are both unit j."""
+    return {int(c) % layer.hidden_size for c in channels}
+
+
 def _gate_rows(layer: nn.RNNBase, units: torch.Tensor) -> torch.Tensor:
     """Row indices of `units` in every gate block of a layer's (gates * hidden_size)-row parameters."""
     return torch.cat([units + k * layer.hidden_size for k in range(gates(layer))])
@@ -70,7 +76,7 @@ class RecurrentPruner(BasePruningFunc):
     """Torch-Pruning pruner for the hidden units (out channels) and input width (in channels)."""
 
     def prune_out_channels(self, layer: nn.RNNBase, idxs: list) -> nn.Module:
-        removed = {int(i) % layer.hidden_size for i in idxs}  # a bidirectional output channel -> its unit
+        removed = _removed_units(layer, idxs)
         keep = torch.tensor([u for u in range(layer.hidden_size) if u not in removed], dtype=torch.long)
         rows = _gate_rows(layer, keep)
         # a layer above the first reads every direction of the one below: the kept units of each
@@ -160,8 +166,7 @@ def mask_hook(layer: nn.RNNBase, removed: list[int]):
     """A forward hook (register with with_kwargs=True) that recomputes the layer with the gate rows of
     the `removed` units zeroed (the module docstring says why that equals removing them)."""
     rows = torch.ones(gates(layer) * layer.hidden_size)
-    removed_units = sorted({int(i) % layer.hidden_size for i in removed})  # both directions' channels of a unit
-    rows[_gate_rows(layer, torch.tensor(removed_units, dtype=torch.long))] = 0.0
+    rows[_gate_rows(layer, torch.tensor(sorted(_removed_units(layer, removed)), dtype=torch.long))] = 0.0
     names = [n for n in layer._flat_weights_names if n.startswith(("weight_ih", "weight_hh", "bias_ih", "bias_hh"))]
     running = False  # the recomputation calls the module again, which runs this hook: let that call be
 
@@ -190,10 +195,9 @@ def unit_scores(layer: nn.RNNBase) -> torch.Tensor:
     scores = []
     for direction in _directions(layer):
         total = torch.zeros(layer.hidden_size)
-        for name in layer._flat_weights_names:
-            reverse = name.endswith("_reverse")
-            if name.startswith(("weight_ih", "weight_hh")) and reverse == (direction == "_reverse"):
-                squares = getattr(layer, name).detach().float().pow(2).sum(1)
+        for level in range(layer.num_layers):
+            for name in ("weight_ih", "weight_hh"):
+                squares = getattr(layer, f"{name}_l{level}{direction}").detach().float().pow(2).sum(1)
                 total += squares.view(gates(layer), layer.hidden_size).sum(0)
         scores.append(total.sqrt())
     return torch.cat(scores)

@@ -188,6 +188,9 @@ class Operator:
     # Input channels this operator loses per root channel a group loses, where that is not 1: half behind
     # a gate (`a * sigmoid(b)` of a chunked conv), spatial positions for a Linear after a flatten.
     in_ratio: dict[str, float] = field(default_factory=dict)
+    # The same for its output width as the signature counts it: a bidirectional recurrent layer's
+    # signature counts hidden units, two output channels each.
+    out_ratio: float = 1.0
 
 
 # The convolutions the table times (any spatial rank: the signature keeps every spatial dimension; a
@@ -257,8 +260,9 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
     for module, (inp, out) in shapes.items():
         sig = _signature(module, inp, out, batch)
         if sig is not None:
+            out_ratio = 0.5 if isinstance(module, recurrent.RECURRENT) and module.bidirectional else 1.0
             operators.append(Operator(names[module], sig, sorted(in_groups.get(module, ())),
-                                      sorted(out_groups.get(module, ())), in_ratio.get(module, {})))
+                                      sorted(out_groups.get(module, ())), in_ratio.get(module, {}), out_ratio))
     for group in graph.groups:
         if group.kind == "heads" and group.attention in shapes:
             query = shapes[group.attention][0]
@@ -272,9 +276,7 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
 
 def operator_widths(op: Operator, removed: dict[str, int]) -> tuple[int, int]:
     """An operator's input/output widths once each group has lost `removed[group]` channels."""
-    lost_out = sum(removed.get(g, 0) for g in op.out_groups)
-    if op.signature.kind == "recurrent":  # cout counts hidden units; a bidirectional one has two channels each
-        lost_out //= op.signature.kernel[2]
+    lost_out = round(sum(removed.get(g, 0) for g in op.out_groups) * op.out_ratio)
     lost_in = sum(round(removed.get(g, 0) * op.in_ratio.get(g, 1.0)) for g in op.in_groups)
     return max(op.signature.cin - lost_in, 1), max(op.signature.cout - lost_out, 1)
 
