@@ -71,6 +71,7 @@ class RunContext:
         if self.masks is not None:
             self.masks.remove()
         self.graph = GroupGraph(self.model, self.example_input, self.config.ignore)
+        self.graph.keep_only(plan)  # a plan names every group the prune stage's verified graph kept
         self.plan = plan
         self.masks = ChannelMasks(self.graph, plan)
 

@@ -37,7 +37,7 @@ import torch_pruning as tp
 from torch import nn
 
 from . import attention_heads, recurrent, tp_fixes
-from .errors import first_line
+from .errors import UserError, first_line
 from .masks import ChannelMasks
 
 tp_fixes.apply()
@@ -176,8 +176,12 @@ class GroupGraph:
                 # groups every model had so far came from that); a recurrent layer's final state then has
                 # no batch axis, so those models are traced on the batch as given.
                 inputs = (example_input,) if tracing else example_input
-                self.dg = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=inputs, customized_pruners={t: pruner for t in recurrent.RECURRENT})
+                try:
+                    self.dg = tp.DependencyGraph().build_dependency(
+                        model, example_inputs=inputs, customized_pruners={t: pruner for t in recurrent.RECURRENT})
+                except Exception as exc:  # noqa: BLE001 - the forward itself already ran (context.py): DepGraph failed
+                    raise UserError(f"Torch-Pruning could not trace the model's channel dependencies "
+                                    f"({type(exc).__name__}: {first_line(exc, 120)}); --debug shows where") from exc
         finally:
             for handle in tracing:
                 handle.remove()
@@ -195,7 +199,7 @@ class GroupGraph:
         self.ignored = sorted(names[m] for m in ignored)
         self.groups: list[ChannelGroup] = []
         self.skipped: list[SkippedModule] = []
-        tp_groups = list(self.dg.get_all_groups(ignored_layers=list(ignored)))
+        tp_groups = self._tp_groups(ignored)
         for group in tp_groups:
             self._add_channel_group(group, min_channels)
         self._add_recurrent_groups(tp_groups, ignored, min_channels)
@@ -207,6 +211,34 @@ class GroupGraph:
         self._by_name = {g.name: g for g in self.groups}
 
     # -- building groups ---------------------------------------------------------------------------
+
+    def _tp_groups(self, ignored: set) -> list:
+        """DepGraph.get_all_groups, one root at a time: where DepGraph fails to follow one root's channels
+        (ShuffleNet's channel shuffle then chunk: an IndexError in its split mapping) that root is left
+        dense with the reason and the other groups are still found, where get_all_groups ends the run."""
+        dg = self.dg
+        ignored = set(ignored) | set(dg.IGNORED_LAYERS_IN_TRACING)
+        visited: set = set()
+        groups = []
+        roots = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)  # get_all_groups' default root types
+        for module in list(dg.module2node):
+            if module in ignored or module in visited or not isinstance(module, roots):
+                continue
+            pruner = dg.get_pruner_of_module(module)
+            if pruner is None or pruner.get_out_channels(module) is None:
+                continue
+            try:
+                group = dg.get_pruning_group(module, pruner.prune_out_channels,
+                                             list(range(pruner.get_out_channels(module))))
+            except Exception as exc:  # noqa: BLE001 - whatever DepGraph raises is the reason
+                self.skipped.append(SkippedModule(self._names[module], "Torch-Pruning could not follow its channels "
+                                                  f"({type(exc).__name__}: {first_line(exc, 120)})"))
+                continue
+            pruned = {dep.target.module for dep, _ in group if dg.is_out_channel_pruning_fn(dep.handler)}
+            visited |= pruned
+            if not pruned & ignored:
+                groups.append(group)
+        return groups
 
     def _add_channel_group(self, group, min_channels: int) -> None:
         names = self._names
@@ -437,6 +469,13 @@ class GroupGraph:
 
     def __getitem__(self, name: str) -> ChannelGroup:
         return self._by_name[name]
+
+    def keep_only(self, names) -> None:
+        """Drop every group not named. A graph rebuilt without verify=True (to replay a plan) also holds
+        the groups the verification trial left dense, and scoring or regularising one reads DepGraph's
+        wrong indices (ShuffleNet: IndexError scoring a stream the channel shuffle hides)."""
+        self.groups = [g for g in self.groups if g.name in names]
+        self._by_name = {g.name: g for g in self.groups}
 
     def _pruning_group(self, name: str, removed: list[int]):
         root = self._by_name[name].tp_group[0].dep.target.module

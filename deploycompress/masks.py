@@ -29,6 +29,15 @@ class ChannelMasks:
 
     def __init__(self, graph: GroupGraph, plan: dict[str, list[int]]):
         self.handles = []
+        try:
+            self._register(graph, plan)
+        except BaseException:
+            # hooks already registered would stay on the model (and on every deepcopy of it): a group
+            # DepGraph maps wrongly (a removed index past a module's width) then poisoned later trials
+            self.remove()
+            raise
+
+    def _register(self, graph: GroupGraph, plan: dict[str, list[int]]) -> None:
         for module, removed in graph.removed_outputs(plan).items():
             if isinstance(module, recurrent.RECURRENT):  # its units feed back: zero their gate rows instead
                 self.handles.append(module.register_forward_hook(recurrent.mask_hook(module, removed),

@@ -8,6 +8,12 @@ than the channels it normalises: a ConvNeXt finetuned under masks failed the shr
 Masks and trials that keep half the channels or more never saw it. The fix keeps the same pruner
 object, so the handler Torch-Pruning's importances compare against (function.prune_layernorm_*) is
 the one its dependency graphs hand out.
+
+Reshape: Torch-Pruning 1.6 maps a view/reshape's channels by the ratio of the widths it infers on
+either side, and where it infers no width past the view (0, e.g. ShuffleNet's channel shuffle,
+`x.view(b, groups, c // groups, h, w)`) the ratio divides by zero and the whole trace fails. That view
+keeps its default one-to-one mapping instead: every group through it is still test-pruned on a copy
+(GroupGraph._verify), which leaves a group the mapping gets wrong dense, with its reason.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import types
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency import index_mapping
 from torch_pruning.pruner import function
 
 
@@ -36,7 +43,20 @@ def _prune_layer_norm(self, layer: nn.LayerNorm, idxs) -> nn.Module:
     return layer
 
 
+def _guarded_reshape_mapping(original):
+    def update_reshape_index_mapping(graph, reshape_node) -> None:
+        try:
+            original(graph, reshape_node)
+        except ZeroDivisionError:  # a width of 0 on one side: nothing assigned yet, the default mapping stays
+            pass
+    update_reshape_index_mapping._guarded = True
+    return update_reshape_index_mapping
+
+
 def apply() -> None:
+    reshape_mapping = index_mapping.update_reshape_index_mapping
+    if not getattr(reshape_mapping, "_guarded", False):
+        index_mapping.update_reshape_index_mapping = _guarded_reshape_mapping(reshape_mapping)
     pruner = function.PrunerBox[tp.ops.OPTYPE.LN]
     if getattr(pruner, "_sorted_keep", False):
         return

@@ -1,0 +1,77 @@
+"""Models where Torch-Pruning's DepGraph cannot follow every channel: the groups it can follow are
+pruned, the rest are left dense with their reason, and a model it cannot trace at all is one line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from conftest import assert_meets_target
+from deploycompress import load_compressed
+from deploycompress.errors import UserError
+from deploycompress.graph import GroupGraph
+from deploycompress.masks import ChannelMasks
+from deploycompress.models.loading import build_user_model
+from deploycompress.pipeline import run_pipeline
+from deploycompress.recipe import FinetuneConfig, ProfileConfig, PruneConfig, RunConfig
+
+SHUFFLENET = f"{Path(__file__).parent / 'archs' / 'shufflenet.py'}:make"
+
+
+def test_a_mask_that_fails_to_register_leaves_no_hook_behind():
+    first, second = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    class Graph:  # the two calls ChannelMasks makes; the second module's removed index is past its width
+        def removed_outputs(self, plan):
+            return {first: [0], second: [7]}
+
+        def removed_heads(self, plan):
+            return {}
+
+    with pytest.raises(IndexError):
+        ChannelMasks(Graph(), {})
+    assert not first._forward_hooks and not second._forward_hooks
+
+
+def test_a_model_dependency_graph_cannot_trace_is_one_user_error(monkeypatch):
+    def fails(self, *args, **kwargs):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", fails)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    with pytest.raises(UserError, match=r"^Torch-Pruning could not trace the model's channel dependencies "
+                                        r"\(ZeroDivisionError: integer division or modulo by zero\)"):
+        GroupGraph(model, torch.randn(1, 3, 16, 16))
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+
+
+def test_shufflenet_prunes_its_branches_and_leaves_the_shuffled_streams_dense(tmp_path):
+    """Each of these failed the run before: the channel shuffle's 5-D view divided by zero in DepGraph's
+    reshape mapping (the whole trace failed); one root's split mapping raised IndexError (every group
+    lost); a group whose mask registration failed left hooks on the model that failed every later trial
+    (head.0 and two branches left dense for nothing); the replayed plan's graph still held the groups
+    the trial left dense, and scoring them for the report raised IndexError."""
+    import onnxruntime as ort
+
+    run = tmp_path / "run"
+    config = RunConfig(model=SHUFFLENET, input_shape="1,3,32,32", data="none", target_speedup=1.5, out=str(run),
+                       prune=PruneConfig(policy="uniform", search_rounds=6, calibration_samples=32, max_overshoot=0.9),
+                       finetune=FinetuneConfig(epochs=0), profile=ProfileConfig(rounds=10, warmup=3))
+    report = run_pipeline(config)
+    assert_meets_target(report)
+    pruned = {entry["name"] for entry in report["layers"]}
+    assert pruned == {f"stages.{i}.branch2.1.0" for i in range(9)} | {"stem.0", "head.0"}
+    assert all(entry["pqi_after"] is not None for entry in report["layers"])
+    reasons = [s["reason"] for s in report["skipped_groups"]]
+    assert any(r.startswith("Torch-Pruning could not follow its channels (IndexError") for r in reasons)
+    assert any(r.startswith("pruning breaks the model") for r in reasons)
+    assert report["params"]["compressed"] < report["params"]["dense"]
+    x = torch.randn(1, 3, 32, 32)
+    model = load_compressed(run, build_user_model(SHUFFLENET, 10))
+    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    shipped = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(model(x), torch.from_numpy(shipped), atol=1e-4)
