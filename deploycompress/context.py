@@ -286,6 +286,7 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     torch.manual_seed(config.seed)
     entry = loading.zoo_entry(config.model)
     if entry is None and loading.is_zoo_name(config.model):
+        loading.check_not_a_file(config.model)
         zoo.model_registry.get(config.model)  # raises the "unknown model, did you mean" error
     if entry is None:
         loading.check_spec(config.model)

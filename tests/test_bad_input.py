@@ -240,6 +240,7 @@ class Workspace:
         (root / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
         (root / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
         torch.save([1, 2, 3], root / "not_a_state_dict.pt")
+        torch.jit.trace(namespace["Net"]().eval(), torch.randn(1, 3, 8, 8)).save(str(root / "scripted.pt"))
 
         rng = np.random.default_rng(0)
 
@@ -358,6 +359,12 @@ CASES = [
     Case("model-file-missing", lambda w: user(w) + ["--model", f"{w.root}/missing.py:make"], r"file not found: .*missing\.py"),
     Case("model-file-not-python", lambda w: user(w) + ["--model", f"{w.root}/garbage.py:make"], r"garbage\.py raised SyntaxError"),
     Case("model-file-raises-on-import", lambda w: user(w) + ["--model", f"{w.root}/raises.py:make"], r"raises\.py raised ImportError: no module named fancy_layers"),
+    Case("model-a-saved-file", lambda w: user(w) + ["--model", f"{w.root}/good.pt"],
+         r"--model .*good\.pt is a saved file, not code that builds a model: pass the function"),
+    Case("model-an-onnx-file", lambda w: user(w) + ["--model", f"{w.root}/model.onnx"],
+         r"--model .*model\.onnx is an ONNX file: deploycompress prunes the PyTorch model it was exported from"),
+    Case("model-a-file-without-its-factory", lambda w: user(w) + ["--model", f"{w.root}/model.py"],
+         r"--model .*model\.py: name the function in it that returns the model"),
     Case("factory-does-not-exist", lambda w: user(w) + ["--model", f"{w.root}/model.py:mkae"], r"no callable named 'mkae'"),
     Case("factory-raises", lambda w: user(w) + ["--model", f"{w.root}/model.py:boom"], r"factory .*:boom raised RuntimeError: factory exploded"),
     Case("model-returns-a-tuple", lambda w: user(w) + ["--model", f"{w.root}/model.py:pair"], r"forward returns a tuple, not one tensor"),
@@ -406,6 +413,8 @@ CASES = [
     Case("weights-truncated", lambda w: user(w, "--weights", w.root / "truncated.pt"), r"truncated\.pt: cannot read weights"),
     Case("weights-safetensors-corrupted", lambda w: user(w, "--weights", w.root / "corrupt.safetensors"), r"cannot read weights"),
     Case("weights-not-a-state-dict", lambda w: user(w, "--weights", w.root / "not_a_state_dict.pt"), r"expected a state_dict"),
+    Case("weights-torchscript", lambda w: user(w, "--weights", w.root / "scripted.pt"),
+         r"scripted\.pt: a TorchScript archive, not a state_dict"),
     Case("weights-a-python-file", lambda w: user(w, "--weights", w.root / "evil.py"), r"evil\.py: cannot read weights"),
     # the data
     Case("npz-missing-arrays", lambda w: user(w, "--data", w.root / "only_x.npz"), r"needs arrays x_train, x_test \(with y_train, y_test for labels\), or x \(and y\); found \['x_train'\]"),

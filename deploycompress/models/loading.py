@@ -161,6 +161,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
                 raise UserError(f"{path}: refused to load: the file contains pickled code or objects "
                                 f"({refused.group(1)}), which are never executed; save a plain state_dict "
                                 "(torch.save(model.state_dict())) or .safetensors") from None
+            if "TorchScript archive" in text:
+                raise UserError(f"{path}: a TorchScript archive, not a state_dict: save the weights of the "
+                                "nn.Module with torch.save(model.state_dict(), ...)") from None
             detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)  # torch's own first line is generic
             raise UserError(f"{path}: cannot read weights "
                             f"({detail.group(1)[:200] if detail else _first_line(exc)})") from None
@@ -198,6 +201,27 @@ def zoo_entry(spec: str):
 
 def is_zoo_name(spec: str) -> bool:
     return ":" not in spec
+
+
+_SAVED_MODEL_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pkl", ".jit", ".ptl")
+
+
+def check_not_a_file(spec: str) -> None:
+    """One line saying what --model wants, where a user passed a file instead of a zoo name or a
+    factory: an ONNX file, a saved model or weights, or a .py file without the factory's name (each was
+    'unknown model ...; choose from' the zoo names)."""
+    path = Path(spec)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        raise UserError(f"--model {spec} is an ONNX file: deploycompress prunes the PyTorch model it was exported "
+                        "from (--model path/to/file.py:factory, --weights its state_dict); `deploycompress profile "
+                        f"{spec}` times an ONNX file")
+    if suffix in _SAVED_MODEL_SUFFIXES:
+        raise UserError(f"--model {spec} is a saved file, not code that builds a model: pass the function that "
+                        "builds it as --model path/to/file.py:factory and the weights with --weights (a "
+                        "state_dict; a whole pickled model is never unpickled, and TorchScript cannot be pruned)")
+    if suffix == ".py":
+        raise UserError(f"--model {spec}: name the function in it that returns the model, e.g. {spec}:make_model")
 
 
 def bake_reparametrizations(model: nn.Module) -> list[str]:
