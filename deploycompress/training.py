@@ -50,6 +50,21 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                     reduction="batchmean") * t * t
 
 
+def training_output(out) -> torch.Tensor:
+    """The output to train on. A model with auxiliary heads (torchvision's GoogLeNet and Inception v3,
+    or any `if self.training: return out, aux`) returns a tuple in training mode and its output alone in
+    eval mode, which is what is exported and checked: the finetune trains that first element (the
+    auxiliary heads get no loss; they are not in the exported model)."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if not isinstance(out, torch.Tensor):
+        from .errors import UserError
+
+        raise UserError(f"the model's forward returns a {type(out).__name__} in training mode; the finetune needs "
+                        "a tensor, or a tuple whose first element is the output eval mode returns")
+    return out
+
+
 def fit(
     model: nn.Module,
     data: DataBundle,
@@ -86,7 +101,7 @@ def fit(
         for batch in loader:
             x = batch[0]
             y = batch[1] if len(batch) > 1 else None
-            logits = model(x)
+            logits = training_output(model(x))
             loss = torch.zeros(())
             if teacher is not None:
                 with torch.no_grad():

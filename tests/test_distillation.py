@@ -33,3 +33,43 @@ def test_maps_are_one_loss_per_sample():
     per_sample = distillation_losses(student, teacher)
     kl = F.kl_div(F.log_softmax(student, 1), F.softmax(teacher, 1), reduction="none")
     assert torch.allclose(per_sample, kl.sum((1, 2, 3)), rtol=1e-5)
+
+
+class AuxiliaryHead(torch.nn.Module):
+    """As torchvision's GoogLeNet and Inception v3: (output, auxiliary) in training mode, output alone in eval."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(8, 16)
+        self.out = torch.nn.Linear(16, 4)
+        self.aux = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.body(x).relu()
+        return (self.out(h), self.aux(h)) if self.training else self.out(h)
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+def test_a_model_with_auxiliary_heads_trains_its_eval_output(teacher):
+    """It stopped the finetune with "AttributeError: 'tuple' object has no attribute 'dim'"."""
+    from deploycompress.data import DataBundle
+    from deploycompress.training import fit
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
+    data = DataBundle("aux", x, y, x, y, 4)
+    model = AuxiliaryHead()
+    aux_before = model.aux.weight.detach().clone()
+    out_before = model.out.weight.detach().clone()
+    losses = fit(model, data, 3, 0.01, seed=0, teacher=AuxiliaryHead().eval() if teacher else None)
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert not torch.equal(model.out.weight, out_before) and torch.equal(model.aux.weight, aux_before)
+    assert not model.training
+
+
+def test_a_training_output_that_is_not_a_tensor_is_one_line():
+    from deploycompress.errors import UserError
+    from deploycompress.training import training_output
+
+    with pytest.raises(UserError, match="returns a dict in training mode"):
+        training_output({"logits": torch.zeros(1)})
