@@ -26,14 +26,21 @@ INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporters print deprecation notes and progress lines a user cannot act on."""
+    """The exporters print deprecation notes and progress lines a user cannot act on. And where the
+    TorchScript exporter fails (the dynamo exporter then takes over), it dumps its whole IR graph from
+    C++ ("Torch IR graph at exception: ..."), past any Python redirect: its ONNX log is switched on by
+    every export (torch 2.13's setup_onnx_logging tests the function `_jit_is_onnx_log_enabled`, not its
+    result), so the log call itself is silenced while we export."""
+    log = torch._C._jit_onnx_log
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         previous = logging.getLogger("torch.onnx").level
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch._C._jit_onnx_log = lambda *args: None
         try:
             yield
         finally:
+            torch._C._jit_onnx_log = log
             logging.getLogger("torch.onnx").setLevel(previous)
 
 

@@ -91,10 +91,37 @@ class _Untraceable(torch.nn.Module):
 
 
 def test_export_failure_names_the_models_own_error():
-    """When the TorchScript exporter fails and the dynamo fallback fails too (here, commonly, because
-    onnxscript is not installed), the one line names the model's error first, not only the fallback's."""
+    """When the TorchScript exporter fails and the dynamo fallback fails too, the one line names the
+    model's error first, not only the fallback's."""
     with pytest.raises(UserError) as caught:
         export_bytes(_Untraceable(), torch.zeros(1, 3))
     message = str(caught.value)
     assert message.startswith("ONNX export failed: this forward cannot be traced") and "\n" not in message
     assert "(the dynamo exporter: " in message
+
+
+class _ReflectThenPool(torch.nn.Module):
+    """A reflect-padded conv before an adaptive pool to 4x2: the TorchScript exporter loses the spatial
+    sizes after the padding and cannot export the pool ("input size not accessible")."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")
+        self.fc = torch.nn.Linear(8 * 4 * 2, 10)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(self.conv(x), (4, 2)).flatten(1))
+
+
+def test_a_model_the_torchscript_exporter_cannot_export_goes_through_the_dynamo_exporter(capfd):
+    """It was 'ONNX export failed: ... (the dynamo exporter: No module named 'onnxscript')', and the
+    failed TorchScript export dumped its whole IR graph on stderr from C++."""
+    model = _ReflectThenPool().eval()
+    blob = export_bytes(model, torch.zeros(1, 3, 32, 32))
+    printed = capfd.readouterr()
+    assert "Torch IR graph" not in printed.err + printed.out
+    session = runtime.make_session(blob, threads=1)
+    x = torch.randn(3, 3, 32, 32)  # the batch axis stays dynamic
+    (shipped,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert np.allclose(shipped, model(x).numpy(), atol=1e-5)
