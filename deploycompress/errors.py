@@ -1,10 +1,14 @@
 """Errors a user can act on. The CLI turns each into one line and exit code 2."""
+import re
+
+_TERMINAL_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, for a one-line error; its type name when the message
-    is empty (`raise RuntimeError()` in a user's forward: indexing the empty split raised IndexError)."""
-    lines = str(exc).strip().splitlines()
+    is empty (`raise RuntimeError()` in a user's forward: indexing the empty split raised IndexError).
+    Terminal colour codes are dropped (torch.export colours its step names: '[96mThis is step 1/3')."""
+    lines = _TERMINAL_ESCAPES.sub("", str(exc)).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:limit]
 
 

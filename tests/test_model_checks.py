@@ -67,3 +67,6 @@ def test_an_error_without_a_message_is_named_by_its_type():
     with pytest.raises(UserError, match=r"^input shape \(1, 1, 16, 16\) does not fit the model: RuntimeError$"):
         _example_input(SilentFailure().eval(), (1, 1, 16, 16))
     assert first_line(ValueError("\n  first\nsecond"), 3) == "fir"
+    # torch.export colours its step names; the one line stays plain text
+    assert first_line(RuntimeError("Failed to export. \x1b[96mThis is step 1/3\x1b[0m of exporting")) == \
+        "Failed to export. This is step 1/3 of exporting"
