@@ -94,6 +94,18 @@ def test_time_outside_names_modules_and_what_has_no_module():
                     "layout reorders ONNX Runtime inserts 20%, ops in the model's own forward 10%")
 
 
+
+def test_time_outside_says_a_module_with_pruned_layers_inside_is_there_for_its_own_ops():
+    """ShuffleNet: each unit's branch is pruned; the unit's concat, reshape and transpose are not."""
+    breakdown = {"total_ms": 10.0, "layers": [
+        {"name": "stages.1", "ms": 3.0}, {"name": "stages.1.branch.0", "ms": 5.0}, {"name": "head", "ms": 2.0}]}
+    types = {"stages": "Sequential", "stages.1": "ShuffleUnit", "stages.1.branch": "Sequential",
+             "stages.1.branch.0": "Conv2d", "head": "Conv2d"}
+    text = time_outside(breakdown, types, reached={"stages.1.branch.0"})
+    assert text == ("50% of the dense model's time is in layers no channel group reaches: stages.1 (ShuffleUnit, "
+                    "the ops in its own forward) 30%, head (Conv2d) 20%")
+
+
 def test_layer_map_follows_ort_fusions_back_to_the_conv(tiny_bytes):
     layers = LayerMap(onnx.load_from_string(tiny_bytes))
     # ORT names a fused Conv+BN+Relu after the Relu's output tensor, plus its own suffix.
