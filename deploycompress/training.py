@@ -9,6 +9,7 @@ from torch import nn
 from .progress import bar as progress_bar
 
 from .data import DataBundle
+from .errors import UserError
 
 
 @torch.no_grad()
@@ -58,8 +59,6 @@ def training_output(out) -> torch.Tensor:
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     if not isinstance(out, torch.Tensor):
-        from .errors import UserError
-
         raise UserError(f"the model's forward returns a {type(out).__name__} in training mode; the finetune needs "
                         "a tensor, or a tuple whose first element is the output eval mode returns")
     return out

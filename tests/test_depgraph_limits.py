@@ -10,11 +10,10 @@ import torch_pruning as tp
 from torch import nn
 
 from conftest import assert_meets_target
-from deploycompress import load_compressed
+from test_architectures import assert_loads_as_the_shipped_model
 from deploycompress.errors import UserError
 from deploycompress.graph import GroupGraph
 from deploycompress.masks import ChannelMasks
-from deploycompress.models.loading import build_user_model
 from deploycompress.pipeline import run_pipeline
 from deploycompress.recipe import FinetuneConfig, ProfileConfig, PruneConfig, RunConfig
 
@@ -54,8 +53,6 @@ def test_shufflenet_prunes_its_branches_and_leaves_the_shuffled_streams_dense(tm
     lost); a group whose mask registration failed left hooks on the model that failed every later trial
     (head.0 and two branches left dense for nothing); the replayed plan's graph still held the groups
     the trial left dense, and scoring them for the report raised IndexError."""
-    import onnxruntime as ort
-
     run = tmp_path / "run"
     config = RunConfig(model=SHUFFLENET, input_shape="1,3,32,32", data="none", target_speedup=1.5, out=str(run),
                        prune=PruneConfig(policy="uniform", search_rounds=6, calibration_samples=32, max_overshoot=0.9),
@@ -69,9 +66,4 @@ def test_shufflenet_prunes_its_branches_and_leaves_the_shuffled_streams_dense(tm
     assert any(r.startswith("Torch-Pruning could not follow its channels (IndexError") for r in reasons)
     assert any(r.startswith("pruning breaks the model") for r in reasons)
     assert report["params"]["compressed"] < report["params"]["dense"]
-    x = torch.randn(1, 3, 32, 32)
-    model = load_compressed(run, build_user_model(SHUFFLENET, 10))
-    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
-    shipped = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    with torch.no_grad():
-        assert torch.allclose(model(x), torch.from_numpy(shipped), atol=1e-4)
+    assert_loads_as_the_shipped_model(run, "shufflenet.py:make", torch.randn(1, 3, 32, 32))

@@ -42,7 +42,7 @@ from .latency_model import LatencyModel, build_latency_model
 from .searched import global_family, uniform_family
 from .spdy_dp import coefficient_search, prunable_budget, quadratic_errors, solve_dp
 from .window import (  # noqa: F401 - level_widths, step_into_window and _level_step are this module's API too
-    BASELINE_STEPS, MAX_LEVELS, POLISH_STEPS, UNDER_WINDOW_CONFIRMS, _key, _level_step, level_widths,
+    BASELINE_STEPS, MAX_LEVELS, POLISH_STEPS, _confirmed_under_window, _key, _level_step, level_widths,
     may_ship_short_of_window, searched_baseline, step_into_window)
 
 CALIBRATION_STEPS = 8
@@ -338,19 +338,14 @@ class SPDY(AllocationPolicy):
 
         def held_under_goal() -> tuple:
             """Nothing measured reached the window's goal: the fastest plans measured at or above the target
-            (under the goal's margin) are measured again, as window.short_of_window's rule has it, and the
-            fastest that holds there is returned; else the target is out of reach. A ViT whose attention is
-            left dense reached 2.03x at most at 2x and was called out of reach with "measured 2.03x"."""
-            latest = {_key(m.widths): m for m in problem.meter.history}
-            short = sorted((m for m in latest.values() if problem.target <= m.speedup < goal), key=lambda m: -m.speedup)
-            held = []
-            if may_ship_short_of_window(problem, None):  # a baseline's smallest plan is a search figure: confirm
-                for m in short[:UNDER_WINDOW_CONFIRMS]:
-                    speedup = measure(m.widths, None, "under the goal", confirm=True)
-                    if speedup >= problem.target:
-                        held.append((speedup, None, m.widths))
+            (under the goal's margin) are measured again, by the rule a baseline's plans under the window
+            follow (window._confirmed_under_window), and the fastest that holds is returned; else the target
+            is out of reach. A ViT whose attention is left dense reached 2.03x at most at 2x and was called
+            out of reach with "measured 2.03x"."""
+            held = _confirmed_under_window(problem, None, problem.meter.history,
+                                           confirm=lambda widths: measure(widths, None, "under the goal", confirm=True))
             top = max(m.speedup for m in problem.meter.history)
-            if not held:
+            if held is None:
                 why = ""
                 if top >= problem.target and may_ship_short_of_window(problem, None):
                     why = (f", under the {goal:.2f}x a search figure must reach to be trusted at {problem.target:g}x "
@@ -361,7 +356,7 @@ class SPDY(AllocationPolicy):
                            "plan short of the target")
                 raise TargetUnreachable(f"target {problem.target:g}x is out of reach: the best plan measured "
                                         f"{top:.2f}x{why}", best_speedup=top)
-            chosen = max(held, key=lambda c: c[0])
+            chosen = (held[0], None, held[1])
             sources.setdefault(_key(chosen[2]), "under the window, inside the allowance")
             problem.notes.append(f"spdy: nothing measured reached the window's goal of {goal:.2f}x (the fastest "
                                  f"{top:.2f}x); the plan confirmed at {chosen[0]:.2f}x, at or above the target, is "

@@ -254,18 +254,24 @@ def _search_baseline(problem: AllocationProblem, family: Callable[[float], dict[
     return AllocationResult(problem.plan_from_widths(widened), speedup, details=found.details)
 
 
-def _confirmed_under_window(problem: AllocationProblem, nearest_above: float,
-                            measured: list) -> tuple[float, dict[str, int]] | None:
+def _confirmed_under_window(problem: AllocationProblem, nearest_above: float | None, measured: list,
+                            confirm: Callable[[dict[str, int]], float] | None = None
+                            ) -> tuple[float, dict[str, int]] | None:
     """Where `may_ship_short_of_window`: a baseline's own plans measured at or above the target but
     under the goal (each plan's latest figure) are confirmed, fastest first, at most
     UNDER_WINDOW_CONFIRMS of them, and the fastest confirmed at or above the target and not above the
     window's ceiling is returned as (speedup, widths); else None. A search figure is a short one: what
-    ships must hold in the longer confirming measurement."""
+    ships must hold in the longer confirming measurement. `confirm` measures a plan's widths again
+    (SPDY's records the figure in its latency model); the meter's own confirmation without it."""
     if not may_ship_short_of_window(problem, nearest_above):
         return None
+
+    def meter_confirm(widths: dict[str, int]) -> float:
+        return problem.meter.confirm(problem.plan_from_widths(widths)).speedup
+
+    confirm = confirm or meter_confirm
     goal, ceiling = problem.window
     latest = {_key(m.widths): m for m in measured}
     short = sorted((m for m in latest.values() if problem.target <= m.speedup < goal), key=lambda m: -m.speedup)
-    confirmed = [(problem.meter.confirm(problem.plan_from_widths(m.widths)).speedup, m.widths)
-                 for m in short[:UNDER_WINDOW_CONFIRMS]]
+    confirmed = [(confirm(m.widths), m.widths) for m in short[:UNDER_WINDOW_CONFIRMS]]
     return max((c for c in confirmed if problem.target <= c[0] <= ceiling), key=lambda c: c[0], default=None)
