@@ -70,8 +70,8 @@ class RunContext:
         """(Re)build the group graph on the working model and mask what `plan` removes."""
         if self.masks is not None:
             self.masks.remove()
-        self.graph = GroupGraph(self.model, self.example_input, self.config.ignore)
-        self.graph.keep_only(plan)  # a plan names every group the prune stage's verified graph kept
+        # a plan names every group the prune stage's verified graph kept, and only those
+        self.graph = GroupGraph(self.model, self.example_input, self.config.ignore, only=plan)
         self.plan = plan
         self.masks = ChannelMasks(self.graph, plan)
 

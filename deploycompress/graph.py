@@ -30,6 +30,7 @@ import copy
 import math
 import re
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -150,11 +151,18 @@ class GroupGraph:
 
     verify=True test-prunes every group on a copy (see the module docstring); the prune stage asks
     for it once, while replaying a known-good plan (apply_plan, masks) does not need it.
+
+    `only` (a plan's group names) builds those groups alone, the same as a full build finds them: a
+    replay needs no others, DepGraph is not walked for them (a ShuffleNet's build took 10-19 s, most of it
+    in groups a plan leaves out), and a group the verification trial left dense is not there to be read
+    (scoring one for the report raised IndexError on DepGraph's wrong indices).
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, ignore: str | None = None,
-                 min_channels: int = 2, verify: bool = False, verify_inputs: torch.Tensor | None = None):
+                 min_channels: int = 2, verify: bool = False, verify_inputs: torch.Tensor | None = None,
+                 only: Collection[str] | None = None):
         self.model = model
+        self.only = None if only is None else set(only)
         self.example_input = example_input
         self.verify_inputs = verify_inputs  # real samples for the verification trial; random ones without
         self.ignore = ignore
@@ -204,13 +212,16 @@ class GroupGraph:
             self._add_channel_group(group, min_channels)
         self._add_recurrent_groups(tp_groups, ignored, min_channels)
         for module, name in names.items():
-            if isinstance(module, nn.MultiheadAttention) and module not in ignored:
+            if isinstance(module, nn.MultiheadAttention) and module not in ignored and self._wanted(name):
                 self._add_head_group(module, name, min_channels)
         if verify:
             self._verify()
         self._by_name = {g.name: g for g in self.groups}
 
     # -- building groups ---------------------------------------------------------------------------
+
+    def _wanted(self, name: str) -> bool:
+        return self.only is None or name in self.only
 
     def _tp_groups(self, ignored: set) -> list:
         """DepGraph.get_all_groups, one root at a time: where DepGraph fails to follow one root's channels
@@ -223,6 +234,10 @@ class GroupGraph:
         roots = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)  # get_all_groups' default root types
         for module in list(dg.module2node):
             if module in ignored or module in visited or not isinstance(module, roots):
+                continue
+            # A root left out of `only` is not walked, so it marks nothing visited: every root the full
+            # build reaches unvisited, this one reaches unvisited too, and its group is the same.
+            if not self._wanted(self._names.get(module, "")):
                 continue
             pruner = dg.get_pruner_of_module(module)
             if pruner is None or pruner.get_out_channels(module) is None:
@@ -279,7 +294,8 @@ class GroupGraph:
         rooted = {dep.target.module for group in tp_groups for dep, _ in group
                   if self.dg.is_out_channel_pruning_fn(dep.handler)}
         for module, name in self._names.items():
-            if not isinstance(module, recurrent.RECURRENT) or module in ignored or module in rooted:
+            if not isinstance(module, recurrent.RECURRENT) or module in ignored or module in rooted \
+                    or not self._wanted(name):
                 continue
             if module not in self.dg.module2node:
                 self.skipped.append(SkippedModule(name, "Torch-Pruning did not trace it: its outputs do not reach "
@@ -358,19 +374,40 @@ class GroupGraph:
         A split that feeds one elementwise op with several of its parts (a GLU: `a, b = conv(x).chunk(2)`,
         `a * sigmoid(b)`) couples channel i of one part with channel i of the others. DepGraph removes
         both when asked for one, but the group it lists for all channels maps each to itself, so a
-        channel per unit would let a plan keep one partner and lose the other. Each channel is asked
-        for alone, only in groups that pass a split: it costs one graph walk per channel."""
+        channel per unit would let a plan keep one partner and lose the other. Only groups that pass a
+        split are asked, and first whether any channel is coupled at all (`_any_coupled`); only then is
+        each channel asked for alone, one graph walk per channel."""
         if not any(isinstance(item.dep.target.module, _SPLITS) for item in group):
             return False
         root, handler = group[0].dep.target.module, group[0].dep.handler
+
+        def removed_with(asked: list[int]) -> set[int]:
+            removed = {int(i) for i in self.dg.get_pruning_group(root, handler, asked)[0].idxs}
+            return {p for p in removed if 0 <= p < channels}
+
+        if not self._any_coupled(channels, removed_with):
+            return False
         coupled = False
         for c in range(channels):
-            partners = [int(i) for i in self.dg.get_pruning_group(root, handler, [c])[0].idxs]
-            for p in partners:
-                if p != c and 0 <= p < channels:
+            for p in removed_with([c]):
+                if p != c:
                     parent[find(p)] = find(c)
                     coupled = True
         return coupled
+
+    @staticmethod
+    def _any_coupled(channels: int, removed_with) -> bool:
+        """Whether asking for some channels removes others too, in 2 log2(channels) graph walks instead of
+        one per channel (a ShuffleNet's groups all pass a chunk: 256 walks each, 7 s a graph build).
+        DepGraph maps indices one by one, so what a set of channels removes is the union of what each
+        removes alone; two coupled channels differ in some bit of their index, and asking for every
+        channel with that bit 0, then every one with it 1, removes a channel not asked for."""
+        for bit in range(max(1, (channels - 1).bit_length())):
+            for value in (0, 1):
+                asked = [c for c in range(channels) if (c >> bit) & 1 == value]
+                if asked and not removed_with(asked) <= set(asked):
+                    return True
+        return False
 
     def _describe_grouped(self, module: nn.Module) -> str:
         if isinstance(module, nn.GroupNorm):
@@ -470,13 +507,6 @@ class GroupGraph:
     def __getitem__(self, name: str) -> ChannelGroup:
         return self._by_name[name]
 
-    def keep_only(self, names) -> None:
-        """Drop every group not named. A graph rebuilt without verify=True (to replay a plan) also holds
-        the groups the verification trial left dense, and scoring or regularising one reads DepGraph's
-        wrong indices (ShuffleNet: IndexError scoring a stream the channel shuffle hides)."""
-        self.groups = [g for g in self.groups if g.name in names]
-        self._by_name = {g.name: g for g in self.groups}
-
     def _pruning_group(self, name: str, removed: list[int]):
         root = self._by_name[name].tp_group[0].dep.target.module
         pruner = self.dg.get_pruner_of_module(root)
@@ -535,7 +565,7 @@ def _trial_kept_units(count: int) -> list[int]:
 
 def apply_plan(model: nn.Module, example_input: torch.Tensor, plan: Plan, ignore: str | None = None) -> nn.Module:
     """Replay a plan on `model` in place and return it."""
-    GroupGraph(model, example_input, ignore, min_channels=1).apply(plan)
+    GroupGraph(model, example_input, ignore, min_channels=1, only=plan).apply(plan)
     return model
 
 

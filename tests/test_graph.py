@@ -2,11 +2,15 @@
 import copy
 import random
 
+from pathlib import Path
+
 import pytest
 import torch
+import torch_pruning as tp
 
 from deploycompress.graph import ChannelMasks, GroupGraph, apply_plan, round_channels
 from deploycompress.model_size import count_params
+from deploycompress.models.loading import build_user_model
 from deploycompress.models import create_model
 
 
@@ -82,3 +86,54 @@ def test_layer_norm_weights_still_count_in_magnitude_scores():
         model[1].weight[37] = 1000.0
     graph = GroupGraph(model, torch.zeros(1, 8))
     assert int(magnitude_scores(graph["0"]).argmax()) == 37
+
+
+def _described(graph: GroupGraph) -> list:
+    return [(g.name, g.channels, g.members, g.units, [(str(dep), list(idxs)) for dep, idxs in g.tp_group])
+            for g in graph.groups]
+
+
+@pytest.mark.parametrize("spec,shape", [("resnet_digits", (1, 1, 16, 16)), ("gated.py:make", (1, 3, 32, 32)),
+                                        ("transformer.py:make_blocks", (1, 16, 32))])
+def test_a_graph_built_for_some_groups_holds_them_as_a_full_build_does(spec, shape):
+    """apply_plan and the masks build only the plan's groups (GroupGraph(only=...)): the same groups,
+    members, units and DepGraph indices as a full build, and nothing else."""
+    model = (create_model(spec) if ".py:" not in spec else
+             build_user_model(f"{Path(__file__).parent / 'archs' / spec}", 10)).eval()
+    x = torch.zeros(shape)
+    full = GroupGraph(model, x)
+    names = [g.name for g in full.groups]
+    assert len(names) >= 3
+    for subset in (names, names[::2], names[-1:]):
+        part = GroupGraph(model, x, only=subset)
+        assert _described(part) == [d for d in _described(full) if d[0] in subset]
+
+
+def test_a_split_whose_parts_never_meet_again_costs_a_few_graph_walks_not_one_per_channel(monkeypatch):
+    """Channels of a chunk are unit-coupled only where an elementwise op joins its parts (a GLU); a
+    chunk whose halves go their own ways is found uncoupled in 2 log2(channels) walks (ShuffleNet's
+    streams: 256 walks of 0.1 s each, every graph build)."""
+    class Halves(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 64, 3)
+            self.left, self.right = torch.nn.Conv2d(32, 8, 1), torch.nn.Conv2d(32, 8, 1)
+            self.head = torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            a, b = self.conv(x).chunk(2, dim=1)
+            return self.head(torch.cat((self.left(a), self.right(b)), 1).mean((2, 3)))
+
+    model = Halves().eval()
+    walks = []
+    original = tp.DependencyGraph.get_pruning_group
+
+    def counted(self, module, pruning_fn, idxs):
+        walks.append(module)
+        return original(self, module, pruning_fn, idxs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", counted)
+    graph = GroupGraph(model, torch.zeros(1, 3, 8, 8))
+    assert graph["conv"].units is None and graph["conv"].channels == 64
+    # its own group's walk, then the channels with each of 6 index bits 0 and 1; one each for left, right
+    assert walks.count(model.conv) == 1 + 2 * 6 and len(walks) == 15
