@@ -51,11 +51,14 @@ class Bars:
     # labels (a regressor, a data-free run) can be held to. Percent.
     max_output_error: float | None = None  # outputs.relative_rms_error x 100
     min_top1_agreement: float | None = None  # outputs.top1_agreement
+    # Other processes' share of the CPU time the profile's timing left free (host_load.others_busy x 100):
+    # work beside a measurement can move a speedup (latency/host.py). Percent.
+    max_host_load: float | None = None
 
     def any_set(self) -> bool:
         return any(v is not None for v in (self.min_speedup, self.max_accuracy_drop, self.min_accuracy,
                                            self.max_latency_ms, self.min_session_speedup, self.max_output_error,
-                                           self.min_top1_agreement))
+                                           self.min_top1_agreement, self.max_host_load))
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,12 @@ def evaluate(report: dict, bars: Bars, max_ci_width: float = DEFAULT_MAX_CI_WIDT
                                     "top-1 agreement", "--min-top1-agreement", bars.min_top1_agreement,
                                     at_most=False, hint=" (outputs that are not class scores, or a report "
                                                         "written before outputs were compared?)"))
+    if bars.max_host_load is not None:
+        busy = _number(report, "host_load.others_busy")
+        results.append(_percent_bar(None if busy is None else busy * 100, "host_load.others_busy",
+                                    "other processes' CPU use while measuring", "--max-host-load",
+                                    bars.max_host_load, at_most=True,
+                                    hint=" (measured off Linux, or a report written before host load was recorded?)"))
     return results
 
 

@@ -7,6 +7,7 @@ from . import __version__
 from .context import RunContext
 from .fileio import write_json, write_text
 from .gate import exceeded_allowance
+from .latency import host
 
 REPORT_SCHEMA = 1
 
@@ -68,6 +69,9 @@ def build_report(ctx: RunContext, timings: list[dict], total_seconds: float) -> 
         "batch_size": cfg.profile.batch_size,
         "device": cfg.device,
         "runtime": latency.get("fingerprint"),
+        # other processes' share of the CPU time the profile's timing left free, and the hypervisor's
+        # steal, while it measured (latency/host.py); null off Linux
+        "host_load": latency.get("host_load"),
         "params": ctx.report.get("params"),
         "macs": ctx.report.get("macs"),
         "accuracy": {"dense": dense_acc, "compressed": comp_acc,
@@ -157,6 +161,9 @@ def summary_lines(report: dict) -> list[str]:
         + (f"; channels in multiples of {report['channel_multiple']} ({report['channel_multiple_source']})"
            if report.get("channel_multiple") else ""),
     ]
+    busy = host.busy_text(report.get("host_load"), " (measure again there: deploycompress compare dense.onnx model.onnx)")
+    if busy:
+        lines.append(f"host      {busy}")
     return lines
 
 

@@ -23,6 +23,7 @@ GOOD_REPORT = {
     "accuracy": {"dense": 98.0, "compressed": 97.5, "drop": 0.5},
     "latency_ms": {"dense": 1.30, "compressed": 0.60},
     "outputs": {"split": "test split", "samples": 360, "relative_rms_error": 0.031, "top1_agreement": 98.6},
+    "host_load": {"others_busy": 0.02, "steal": 0.0, "cpus": 2, "seconds": 9.5},
 }
 
 
@@ -49,7 +50,7 @@ def write(tmp_path: Path, report) -> Path:
 
 def test_good_report_meets_all_bars():
     bars = Bars(min_speedup=2.0, max_accuracy_drop=1.0, min_accuracy=97.0, max_latency_ms=1.0,
-                min_session_speedup=2.05, max_output_error=5.0, min_top1_agreement=98.0)
+                min_session_speedup=2.05, max_output_error=5.0, min_top1_agreement=98.0, max_host_load=10.0)
     assert check_report(GOOD_REPORT, bars) == []
 
 
@@ -78,6 +79,9 @@ def test_good_report_meets_all_bars():
      "top-1 agreement 91.50% < 95% (--min-top1-agreement)"),
     ({"outputs": ...}, Bars(max_output_error=5.0), "outputs.relative_rms_error is missing"),
     ({"outputs__top1_agreement": None}, Bars(min_top1_agreement=95.0), "outputs that are not class scores"),
+    ({"host_load__others_busy": 0.97}, Bars(max_host_load=25.0),
+     "other processes' CPU use while measuring 97.00% > 25% (--max-host-load)"),
+    ({"host_load": None}, Bars(max_host_load=25.0), "host_load.others_busy is missing from the report (measured off Linux"),
 ])
 def test_each_failed_bar_is_one_line(changes, bars, needle):
     failed = check_report(report_with(**changes), bars)
@@ -93,7 +97,7 @@ def test_accuracy_drop_is_derived_when_the_report_lacks_it():
 def test_cli_exit_0_when_bars_met(tmp_path, capsys):
     path = write(tmp_path, GOOD_REPORT)
     assert run_cli(["check", path, "--min-speedup", "2.0", "--max-accuracy-drop", "1.0", "--min-accuracy", "97",
-                    "--max-latency-ms", "1.0"]) == 0
+                    "--max-latency-ms", "1.0", "--max-host-load", "10"]) == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out and "check passed" in out
     assert run_cli(["check", tmp_path]) == 0  # a run directory works too, and no bar means the run's target

@@ -41,6 +41,9 @@ def test_report_schema(default_run):
     assert on_disk["speedup"]["measured"] > 0 and on_disk["latency_ms"]["dense"] > 0
     assert on_disk["threads"] == 1 and on_disk["batch_size"] == 1 and on_disk["policy"] == "spdy"
     assert on_disk["input"]["dtype"] == "float32" and on_disk["input"]["token_ids_below"] is None
+    host_load = on_disk["host_load"]  # measured from /proc/stat around the profile's timing
+    assert set(host_load) == {"others_busy", "steal", "cpus", "seconds"} and 0 <= host_load["others_busy"] <= 1
+    assert host_load["seconds"] > 0
     for layer in on_disk["layers"]:
         assert 1 <= layer["channels_after"] <= layer["channels_before"]
         assert layer["latency_ms_before"] >= 0 and layer["latency_ms_after"] >= 0

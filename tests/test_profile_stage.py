@@ -72,3 +72,15 @@ def test_an_untrusted_first_session_is_not_measured_in_more_sessions(ctx, monkey
     assert latency["trusted"] is False and latency["sessions"] == 1
     assert len(latency["attempts"]) == 1 + profile_stage.MAX_REPEATS
     assert latency["session_speedups"] == [2.0]  # one session's figure, however many repeats it took
+
+
+def test_profile_records_how_busy_the_machine_was_and_says_so(ctx, monkeypatch, capsys):
+    ctx.report["prune"] = {"search_speedup": 2.10}
+    _script(monkeypatch, [2.10, 2.11, 2.09])
+    # 2 CPUs over 4 s: the timing used 4 s of CPU, the machine was busy 7.6 s in all
+    readings = [profile_stage.host.CpuSnapshot(0.0, 0.0, 0.0, 0.0), profile_stage.host.CpuSnapshot(7.6, 0.0, 4.0, 4.0)]
+    monkeypatch.setattr(profile_stage.host, "snapshot", lambda: readings.pop(0))
+    monkeypatch.setattr(profile_stage.host.os, "cpu_count", lambda: 2)
+    profile_stage.ProfileStage().run(ctx)
+    assert ctx.report["latency"]["host_load"] == {"others_busy": 0.9, "steal": 0.0, "cpus": 2, "seconds": 4.0}
+    assert "profile: other processes used 90% of the CPU time this measurement left free" in capsys.readouterr().out

@@ -31,6 +31,9 @@ def check(
     min_top1_agreement: Optional[float] = typer.Option(
         None, help="How often the compressed and dense models agree on the top class (outputs.top1_agreement), "
                    "in percent, at least this."),
+    max_host_load: Optional[float] = typer.Option(
+        None, min=0.0, help="Other processes' share of the CPU time the speedup measurement left free "
+                            "(host_load.others_busy), in percent, at most this: work beside a measurement can move it."),
     max_ci_width: float = typer.Option(DEFAULT_MAX_CI_WIDTH, min=0.0,
                                        help="The speedup is untrusted when its 95% CI is wider than this fraction of it."),
     max_ratio_spread: float = typer.Option(DEFAULT_MAX_RATIO_SPREAD, min=0.0,
@@ -42,7 +45,8 @@ def check(
     report = load_report(report_path)
     bars = Bars(min_speedup=min_speedup, max_accuracy_drop=max_accuracy_drop, min_accuracy=min_accuracy,
                 max_latency_ms=max_latency_ms, min_session_speedup=min_session_speedup,
-                max_output_error=max_output_error, min_top1_agreement=min_top1_agreement)
+                max_output_error=max_output_error, min_top1_agreement=min_top1_agreement,
+                max_host_load=max_host_load)
     results = evaluate(report, bars, max_ci_width, max_ratio_spread)
     failed = [r.line for r in results if not r.ok]
     for result in results:

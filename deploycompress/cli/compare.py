@@ -61,12 +61,13 @@ def compare(
 ) -> None:
     """Interleaved A/B timing (A B A B ... after a warm-up); speedup = latency(A) / latency(B)."""
     from ..fileio import write_json
-    from ..latency import runtime
+    from ..latency import host, runtime
 
     session_a = runtime.make_session(existing_model(model_a), threads, device.value)
     session_b = runtime.make_session(existing_model(model_b), threads, device.value)
     feed_a, feed_b = _matching_feeds(session_a, session_b, batch_size, seed)
     print(f"compare: {rounds} interleaved rounds, {threads} thread(s), batch {batch_size}, {device.value}")
+    before = host.snapshot()
     result = runtime.compare(session_a, session_b, feed_a, feed_b, rounds=rounds, warmup=warmup)
     problem = measurement_problem(result.speedup, (result.ci_low, result.ci_high), result.ratio_spread,
                                   max_ci_width, max_ratio_spread)
@@ -78,16 +79,20 @@ def compare(
         problem = measurement_problem(result.speedup, (result.ci_low, result.ci_high), result.ratio_spread,
                                       max_ci_width, max_ratio_spread)
         attempts.append(result.to_dict())
+    host_load = host.load_between(before, host.snapshot())
     print(f"A {model_a}: median {result.a.median_ms:.3f} ms (p90 {result.a.p90_ms:.3f}, spread {result.a.spread:.1%})")
     print(f"B {model_b}: median {result.b.median_ms:.3f} ms (p90 {result.b.p90_ms:.3f}, spread {result.b.spread:.1%})")
     verdict = None if problem else verdict_line(result.speedup, result.ci_low, result.ci_high)
     print(verdict or f"no verdict: the rounds disagree too much ({problem}); measured {result.speedup:.2f}x, "
                      "not a figure to rely on. Rerun when the machine is quiet (limits: --max-ci-width, "
                      "--max-ratio-spread).")
+    busy = host.busy_text(host_load)
+    if busy:
+        print(f"note: {busy}")
     if json_path is not None:
         write_json(json_path, {"a": str(model_a), "b": str(model_b), "threads": threads, "batch_size": batch_size,
                                "runtime": runtime.runtime_fingerprint(threads, batch_size, device.value),
-                               "comparison": result.to_dict(), "attempts": attempts,
+                               "comparison": result.to_dict(), "attempts": attempts, "host_load": host_load,
                                "trusted": problem is None, "problem": problem, "verdict": verdict})
     if problem:
         raise typer.Exit(NO_VERDICT_EXIT)

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..context import RunContext
 from ..gate import measurement_problem
-from ..latency import runtime
+from ..latency import host, runtime
 from .base import Stage
 
 
@@ -67,6 +67,7 @@ class ProfileStage(Stage):
         dense, compressed = sessions()
         feed = runtime.random_feed(dense, cfg.batch_size, seed=ctx.config.seed)
         attempts: list[dict] = []
+        before = host.snapshot()
         opinions = [self._measure(dense, compressed, feed, cfg, attempts)]
         # A first measurement too noisy to trust ends it: more sessions on the same clock would not help.
         while opinions[0][1] is None and len(opinions) < cfg.sessions:
@@ -79,6 +80,10 @@ class ProfileStage(Stage):
             for _ in range(SECOND_OPINIONS):
                 opinions.append(self._measure(*sessions(), feed, cfg, attempts))
             result, problem = _median(opinions)
+        host_load = host.load_between(before, host.snapshot())
+        busy = host.busy_text(host_load)
+        if busy:
+            print(f"profile: {busy}")
         trusted = problem is None
         if not trusted:
             print(f"profile: measurement still too noisy ({problem}); the verdict is marked untrusted")
@@ -92,7 +97,8 @@ class ProfileStage(Stage):
                                  "search_speedup": search,
                                  "max_relative_ci_width": MAX_RELATIVE_CI_WIDTH,
                                  "fingerprint": runtime.runtime_fingerprint(cfg.threads, cfg.batch_size,
-                                                                            ctx.config.device)}
+                                                                            ctx.config.device),
+                                 "host_load": host_load}
         # Accuracy of what ships: the ONNX models themselves, on the held-out split.
         dense_out, compressed_out = onnx_outputs(dense, ctx.data.x_test), onnx_outputs(compressed, ctx.data.x_test)
         ctx.report["accuracy"] = {"dense": accuracy_of(dense_out, ctx.data.y_test),
