@@ -455,7 +455,7 @@ class GroupGraph:
         if reason is None:
             return {}
         if len(groups) == 1:
-            return {groups[0].name: self._raw_parameters_note(groups[0]) + reason}
+            return {groups[0].name: self._raw_parameters_note(groups[0]) + reason + _axis_swap_note(groups[0], reason)}
         half = len(groups) // 2
         failures = self._find_failures(groups[:half], x) | self._find_failures(groups[half:], x)
         if not failures:  # each half is fine alone, not together: keep the first half
@@ -579,6 +579,20 @@ def _halving_op_reason(group) -> str | None:
             return ("it feeds F.glu / nn.GLU, whose halving Torch-Pruning does not follow (written as "
                     "`a, b = x.chunk(2, dim=1); a * torch.sigmoid(b)` it is pruned)")
     return None
+
+
+def _axis_swap_note(group: ChannelGroup, reason: str) -> str:
+    """Why an index went out of range, where the group's channels pass a transpose or permute: DepGraph
+    maps those as elementwise ops, so past one it prunes whatever axis now sits where the channels were
+    (an MLP-Mixer's stream reached its token-mixing Linears' 64 token inputs as if they were its 128
+    channels: "IndexError: index 68 is out of bounds for dimension 0 with size 64")."""
+    if "IndexError" not in reason:
+        return ""
+    for item in group.tp_group:
+        if str(getattr(item.dep.target.module, "_grad_fn", "")).startswith(("TransposeBackward", "PermuteBackward")):
+            return (" (its channels pass a transpose or permute, which Torch-Pruning follows as if the channel axis "
+                    "stayed in place)")
+    return ""
 
 
 def _group_count(module: nn.Module) -> int:

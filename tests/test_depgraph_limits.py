@@ -67,3 +67,30 @@ def test_shufflenet_prunes_its_branches_and_leaves_the_shuffled_streams_dense(tm
     assert any(r.startswith("pruning breaks the model") for r in reasons)
     assert report["params"]["compressed"] < report["params"]["dense"]
     assert_loads_as_the_shipped_model(run, "shufflenet.py:make", torch.randn(1, 3, 32, 32))
+
+
+class TokenMixer(nn.Module):
+    """MLP-Mixer's block: a Linear across the tokens (on the transposed sequence), one across the channels."""
+
+    def __init__(self, tokens: int = 16, dim: int = 32):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, 4)
+        self.norm = nn.LayerNorm(dim)
+        self.tokens = nn.Sequential(nn.Linear(tokens, 2 * tokens), nn.GELU(), nn.Linear(2 * tokens, tokens))
+        self.channels = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = x + self.tokens(self.norm(x).transpose(1, 2)).transpose(1, 2)
+        return self.head((x + self.channels(x)).mean(1))
+
+
+def test_a_stream_that_breaks_past_a_transpose_says_so():
+    graph = GroupGraph(TokenMixer().eval(), torch.zeros(1, 3, 16, 16), verify=True)
+    stream = next(s for s in graph.skipped if s.name == "channels.2")
+    assert stream.reason.startswith("pruning breaks the model: IndexError")
+    assert stream.reason.endswith("(its channels pass a transpose or permute, which Torch-Pruning follows as if the "
+                                  "channel axis stayed in place)")
+    # the hidden widths of both MLPs never pass the transpose: they are pruned
+    assert {"tokens.0", "channels.0"} <= {g.name for g in graph.groups}
