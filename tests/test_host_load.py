@@ -19,6 +19,9 @@ def test_other_processes_share_of_the_time_left_free():
     quiet = host.load_between(start, CpuSnapshot(110.2, 5.0, 11.0, 60.0), cpus=2)
     assert quiet["others_busy"] == pytest.approx(0.02) and host.busy_text(quiet) is None
     assert host.load_between(None, end) is None and host.busy_text(None) is None
+    # two timing threads on 2 CPUs used all 20 s: 0.2 s of others over the floor of a tenth (2 s) reads 10%, not 100%
+    everything = host.load_between(start, CpuSnapshot(120.2, 5.0, 21.0, 60.0), cpus=2)
+    assert everything["others_busy"] == pytest.approx(0.1) and host.busy_text(everything) is None
     text = host.busy_text({"others_busy": 0.8, "steal": 0.3, "cpus": 2, "seconds": 10.0}, " (hint)")
     assert text.startswith("other processes used 80% of the CPU time this measurement left free; the hypervisor "
                            "gave 30% of this machine's CPU time to other guests: ") and text.endswith(" (hint)")

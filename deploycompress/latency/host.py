@@ -61,7 +61,8 @@ def load_between(start: CpuSnapshot | None, end: CpuSnapshot | None, cpus: int |
         return None
     own = max(end.own_s - start.own_s, 0.0)
     others = max(end.busy_s - start.busy_s - own, 0.0)
-    free = max(cpus * wall - own, 1e-9)
+    # Timing on every CPU leaves almost nothing free: a few ms of others over ~0 would read 100%.
+    free = max(cpus * wall - own, 0.1 * cpus * wall)
     return {"others_busy": round(min(others / free, 1.0), 3),
             "steal": round(min(max(end.steal_s - start.steal_s, 0.0) / (cpus * wall), 1.0), 3),
             "cpus": cpus, "seconds": round(wall, 2)}
