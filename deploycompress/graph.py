@@ -569,15 +569,20 @@ def apply_plan(model: nn.Module, example_input: torch.Tensor, plan: Plan, ignore
     return model
 
 
+def _passes_op(tp_group, *grad_fns: str) -> bool:
+    """Whether a DepGraph group passes an op traced from one of these autograd functions (DepGraph keeps
+    ops it has no mapping for as elementwise, named by their grad_fn: "GluBackward0")."""
+    return any(str(getattr(item.dep.target.module, "_grad_fn", "")).startswith(grad_fns) for item in tp_group)
+
+
 def _halving_op_reason(group) -> str | None:
     """Why a group that passes through F.glu / nn.GLU cannot be pruned. GLU halves the channels, and
     Torch-Pruning maps it as an elementwise op (the same channels in and out), so its consumers would lose
     the wrong inputs. The verification trial may not notice: a removal that happens to take the same
     offsets from both halves is exact."""
-    for item in group:
-        if str(getattr(item.dep.target.module, "_grad_fn", "")).startswith("GluBackward"):
-            return ("it feeds F.glu / nn.GLU, whose halving Torch-Pruning does not follow (written as "
-                    "`a, b = x.chunk(2, dim=1); a * torch.sigmoid(b)` it is pruned)")
+    if _passes_op(group, "GluBackward"):
+        return ("it feeds F.glu / nn.GLU, whose halving Torch-Pruning does not follow (written as "
+                "`a, b = x.chunk(2, dim=1); a * torch.sigmoid(b)` it is pruned)")
     return None
 
 
@@ -586,13 +591,9 @@ def _axis_swap_note(group: ChannelGroup, reason: str) -> str:
     maps those as elementwise ops, so past one it prunes whatever axis now sits where the channels were
     (an MLP-Mixer's stream reached its token-mixing Linears' 64 token inputs as if they were its 128
     channels: "IndexError: index 68 is out of bounds for dimension 0 with size 64")."""
-    if "IndexError" not in reason:
+    if "IndexError" not in reason or not _passes_op(group.tp_group, "TransposeBackward", "PermuteBackward"):
         return ""
-    for item in group.tp_group:
-        if str(getattr(item.dep.target.module, "_grad_fn", "")).startswith(("TransposeBackward", "PermuteBackward")):
-            return (" (its channels pass a transpose or permute, which Torch-Pruning follows as if the channel axis "
-                    "stayed in place)")
-    return ""
+    return " (its channels pass a transpose or permute, which Torch-Pruning follows as if the channel axis stayed in place)"
 
 
 def _group_count(module: nn.Module) -> int:
