@@ -585,3 +585,43 @@ def test_baseline_ships_a_plan_inside_the_allowance_when_none_lands_in_the_windo
     again = policies.get(policy)().allocate(problem)
     assert again.measured_speedup > problem.target * (1 + problem.max_overshoot)
     assert again.details["accepted_as"] == f"{policy}, above the window"
+
+
+
+def test_spdy_looks_for_a_nearer_plan_when_what_would_ship_overshoots_the_slack():
+    """Nothing landed in the window and what the search would ship overshoots `loose_ceiling`: the plans
+    measured at or above the window's goal and under it are confirmed, slowest first, at most
+    UNDER_WINDOW_CONFIRMS; those that hold within the loose ceiling are candidates, else the slowest that
+    held above it replaces the fallback (a net with one conv applied three times shipped 12.96x at 2x
+    after measuring 3.40x)."""
+    from deploycompress.allocation import spdy
+    from deploycompress.allocation.window import UNDER_WINDOW_CONFIRMS, loose_ceiling
+
+    problem = _problem(2.0)
+    goal, ceiling = problem.window
+    slack = loose_ceiling(problem)
+    assert goal < ceiling < slack < problem.allowance and UNDER_WINDOW_CONFIRMS == 3
+    figures = {64: goal - 0.01, 56: slack - 0.01, 48: ceiling + 0.01, 40: slack + 0.01, 32: goal + 0.02, 24: goal,
+               16: 3.0, 8: 5.0}
+    history = [Measurement({"a": w}, f, 1.0, 0.0) for w, f in figures.items()]
+    confirmed = {24: goal - 0.001, 32: goal + 0.001, 48: slack + 0.02, 56: ceiling + 0.03, 16: 3.1, 8: 4.0}
+    asked = []
+
+    def confirm(widths):
+        asked.append(widths["a"])
+        return confirmed[widths["a"]]
+
+    over = (6.0, 1.9, {"a": 4})
+    held, nearest = spdy.nearer_than_fallback(problem, over, history, confirm)
+    assert asked == [24, 32, 48]  # slowest first, three of them; 56 is the fourth
+    assert held == [(goal + 0.001, None, {"a": 32})]  # 24 fell under the goal, 48 over the slack...
+    assert nearest == (slack + 0.02, None, {"a": 48})  # ...but it is nearer than the fallback
+    assert spdy.nearer_than_fallback(problem, None, history, confirm) == (held, nearest)  # nothing met the goal
+    asked.clear()
+    inside = (slack - 0.001, 1.9, {"a": 4})
+    assert spdy.nearer_than_fallback(problem, inside, history, confirm) == ([], inside) and asked == []
+
+    far = [Measurement({"a": 16}, 3.0, 1.0, 0.0), Measurement({"a": 8}, 5.0, 1.0, 0.0)]
+    assert spdy.nearer_than_fallback(problem, (12.96, 7.0, {"a": 4}), far, confirm) == ([], (3.1, None, {"a": 16}))
+    close = (3.05, 2.5, {"a": 12})  # the only faster plan confirms above the fallback: the fallback stays
+    assert spdy.nearer_than_fallback(problem, close, far, confirm)[1] is close

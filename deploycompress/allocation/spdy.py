@@ -42,8 +42,8 @@ from .latency_model import LatencyModel, build_latency_model
 from .searched import global_family, uniform_family
 from .spdy_dp import coefficient_search, prunable_budget, quadratic_errors, solve_dp
 from .window import (  # noqa: F401 - level_widths, step_into_window and _level_step are this module's API too
-    BASELINE_STEPS, MAX_LEVELS, POLISH_STEPS, _confirmed_under_window, _key, _level_step, level_widths,
-    may_ship_short_of_window, searched_baseline, step_into_window)
+    BASELINE_STEPS, MAX_LEVELS, POLISH_STEPS, UNDER_WINDOW_CONFIRMS, _confirmed_under_window, _key, _level_step,
+    level_widths, loose_ceiling, may_ship_short_of_window, searched_baseline, step_into_window)
 
 CALIBRATION_STEPS = 8
 # A measured plan this close to the window (as a ratio of its edge) is stepped in, not re-aimed.
@@ -141,6 +141,37 @@ def short_of_window(problem: AllocationProblem, fallback: tuple | None, confirme
                          "profile measure it short of the target, the re-solve ships the nearest above the window "
                          "instead")
     return chosen
+
+
+def nearer_than_fallback(problem: AllocationProblem, fallback: tuple | None, history,
+                         confirm: Callable[[dict[str, int]], float]) -> tuple[list[tuple], tuple | None]:
+    """Where no plan was accepted in the window and `fallback` (what would ship instead; None: nothing
+    the search landed met the goal) overshoots `window.loose_ceiling`: every plan measured at or above the
+    window's goal and under the fallback (each plan's latest figure) is a closer candidate. The slowest
+    UNDER_WINDOW_CONFIRMS of them are confirmed; returns (those that held in [goal, loose ceiling], as
+    (speedup, None, widths): the range a baseline's plan is accepted in without widening; and the
+    fallback, or the slowest that held above the loose ceiling when that is under it).
+
+    Why: with coarse levels the window can be narrower than one level's step, and the search's fallback
+    is the least-overshooting plan of its last DP phase alone. A CBAM net at 2x (5 groups on multiples
+    of 16, a re-solve's window [2.08x, 2.14x]) measured a plan at 2.17x and shipped one at 2.23x, over
+    the 2.20x allowance; a net whose one conv is applied three times (2 groups, 20 plans) measured plans
+    at 3.40x and 3.93x and shipped its first DP plan, at 12.96x."""
+    goal, _ = problem.window
+    slack = loose_ceiling(problem)
+    if fallback is not None and fallback[0] <= slack:
+        return [], fallback
+    limit = float("inf") if fallback is None else fallback[0]
+    latest = {_key(m.widths): m for m in history}
+    near = sorted((m for m in latest.values() if goal <= m.speedup < limit), key=lambda m: m.speedup)
+    held, nearest = [], fallback
+    for m in near[:UNDER_WINDOW_CONFIRMS]:
+        speedup = confirm(m.widths)
+        if goal <= speedup <= slack:
+            held.append((speedup, None, m.widths))
+        elif slack < speedup < (limit if nearest is None else nearest[0]):
+            nearest = (speedup, None, m.widths)
+    return held, nearest
 
 
 # After the first finetune of every finalist, those whose mean held-out score is within this many
@@ -442,6 +473,25 @@ class SPDY(AllocationPolicy):
         search_baselines()
         finalists: list[dict] = []
         chosen_by = None
+        fallback = final if final is not None else best
+        if not accepted:
+            held, nearest = nearer_than_fallback(problem, fallback, problem.meter.history,
+                                                 lambda w: measure(w, None, "nearer than the fallback", confirm=True))
+            for entry in held:
+                accepted.append(entry)
+                sources.setdefault(_key(entry[2]), "above the window, within the slack")
+            above = "nothing above it" if fallback is None else f"the nearest above it measured {fallback[0]:.2f}x"
+            if held:
+                problem.notes.append(f"spdy: no plan landed in the window [{goal:.2f}x, {ceiling:.2f}x] and "
+                                     f"{above}; {len(held)} plan(s) confirmed between the window's goal and "
+                                     f"{loose_ceiling(problem):.2f}x (inside the allowed {problem.allowance:.2f}x) "
+                                     "are the candidates instead")
+            elif nearest is not fallback:
+                problem.notes.append(f"spdy: no plan landed in the window [{goal:.2f}x, {ceiling:.2f}x] and "
+                                     f"{above}; the least-overshooting plan measured, confirmed at "
+                                     f"{nearest[0]:.2f}x, is the one above the window instead")
+                sources.setdefault(_key(nearest[2]), "above the window, the least overshooting measured")
+                final = nearest
         if accepted:
             finetuned = None if problem.finetuned_loss is None else \
                 (lambda w, repeat: problem.finetuned_loss(problem.plan_from_widths(w), repeat))
