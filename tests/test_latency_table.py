@@ -323,3 +323,67 @@ def test_modules_called_through_a_module_dict_are_timed_under_their_own_scope():
     graph = onnx.load_from_string(blob)
     for op in operators:  # one operator at a time: identical blocks share a signature
         assert scope_times(events, graph, {op.name: op.signature}).get(op.signature.key(), 0) > 0, op.name
+
+
+class _SharedConv(torch.nn.Module):
+    """One conv applied three times (weights shared across steps), and a twin of it applied once."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.shared = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU())
+        self.twin = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for _ in range(3):
+            x = x + self.shared(x)
+        return self.fc(self.twin(x).mean((2, 3)))
+
+
+def test_a_conv_called_several_times_is_timed_over_all_its_calls():
+    """The exporter scopes a module's later calls "shared.0_1", "shared.0_2"; the table counted only the
+    first, so the DP saw a third of a shared conv's time and aimed at 7x for a 2x target (measured 12.98x).
+    The cache keeps one call's time under the signature (the twin, called once, reads the same entry);
+    the operator's curve is its calls' time."""
+    import onnx
+
+    from deploycompress.graph import GroupGraph
+    from deploycompress.latency.table import build_table, find_operators, scope_times
+    from deploycompress.onnx_export import export_bytes
+
+    model, x = _SharedConv().eval(), torch.randn(1, 3, 8, 8)
+    graph = GroupGraph(model, x)
+    operators = {op.name: op for op in find_operators(graph, batch=1)}
+    assert {name: op.calls for name, op in operators.items()} == {"stem": 1, "shared.0": 3, "twin": 1, "fc": 1}
+    assert operators["shared.0"].signature == operators["twin"].signature
+    blob = export_bytes(model, x)
+    onnx_graph = onnx.load_from_string(blob)
+    convs = [n.name for n in onnx_graph.graph.node if n.op_type == "Conv"]
+    assert [n for n in convs if "shared" in n] == ["/shared/shared.0/Conv", "/shared/shared.0_1/Conv",
+                                                   "/shared/shared.0_2/Conv"]
+    runs = 8  # five warm-up runs are dropped
+    events = [{"cat": "Session", "name": "model_run", "ts": 1000 * r} for r in range(runs)]
+    events += [{"cat": "Node", "name": f"{node}_kernel_time", "ts": 1000 * r + 1, "dur": 100.0,
+                "args": {"op_name": "Conv"}} for r in range(runs) for node in convs]
+    shared = {"shared.0": operators["shared.0"].signature}
+    key = shared["shared.0"].key()
+    assert scope_times(events, onnx_graph, shared, {"shared.0": 3}) == {key: pytest.approx(0.1)}
+    assert scope_times(events, onnx_graph, shared) == {key: pytest.approx(0.3)}  # without calls: all three
+
+    class OneEntry:  # a cache holding one call's 0.1 ms under the shared signature
+        fingerprint = {"threads": 1, "batch_size": 1, "device": "cpu"}
+        variants_profiled = 0
+
+        def missing(self, signatures):
+            return []
+
+        def get(self, sig):
+            return 0.1 if sig.key() == shared["shared.0"].key() else None
+
+    ops = [operators["shared.0"], operators["twin"]]
+    curves = build_table(ops, [{g.name: g.channels for g in graph.groups}], {g.name: g.channels for g in graph.groups},
+                         OneEntry(), lambda widths: b"")
+    coordinate = shared["shared.0"].cost_coordinate()
+    assert curves["shared.0"](coordinate) == pytest.approx(0.3) and curves["twin"](coordinate) == pytest.approx(0.1)

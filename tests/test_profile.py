@@ -85,6 +85,17 @@ def test_resolve_layer_finds_modules_the_exporter_scoped_by_name_alone(layer, re
     assert resolve_layer(layer, modules) == resolved
 
 
+@pytest.mark.parametrize("layer, resolved", [
+    ("shared.0", "shared.0"),
+    ("shared.0_1", "shared.0"),  # the same module called again (weights shared across steps)
+    ("shared.0_2", "shared.0"),
+    ("cell_3", "body.cell"),  # one module of that name: every call is its own
+    ("other_1", "other_1"),  # no module of that name: left as it is
+])
+def test_resolve_layer_gives_a_module_called_several_times_all_its_calls(layer, resolved):
+    assert resolve_layer(layer, ["stem", "shared", "shared.0", "shared.1", "body", "body.cell", "fc"]) == resolved
+
+
 def test_time_outside_names_modules_and_what_has_no_module():
     breakdown = {"total_ms": 10.0, "layers": [
         {"name": "lstm", "ms": 5.0}, {"name": ORT_INSERTED, "ms": 2.0}, {"name": TOP_LEVEL, "ms": 1.0},

@@ -125,7 +125,8 @@ def signatures_from_profile(events: list[dict], batch: int) -> dict[str, list[fl
 
 
 def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device: str = "cpu",
-                           scopes: dict[str, OpSignature] | None = None) -> dict[str, float]:
+                           scopes: dict[str, OpSignature] | None = None,
+                           calls: dict[str, int] | None = None) -> dict[str, float]:
     """Run a model under ORT's profiler; time per run (ms) of each operator, keyed by its signature.
 
     `scopes` maps each operator's module name to its signature at this variant's widths. An operator's
@@ -146,15 +147,18 @@ def profile_operator_times(model_bytes: bytes, threads: int, batch: int, device:
     by_shape = {key: _trimmed_mean(values) for key, values in samples.items()}
     if not scopes:
         return by_shape
-    times = scope_times(events, onnx.load_from_string(model_bytes), scopes)
+    times = scope_times(events, onnx.load_from_string(model_bytes), scopes, calls)
     for sig in scopes.values():
         if sig.key() not in times and sig.key() in by_shape:
             times[sig.key()] = by_shape[sig.key()]
     return times
 
 
-def scope_times(events: list[dict], graph: onnx.ModelProto, scopes: dict[str, OpSignature]) -> dict[str, float]:
-    """Per-run time (ms) of every node that belongs to each module in `scopes`, keyed by its signature."""
+def scope_times(events: list[dict], graph: onnx.ModelProto, scopes: dict[str, OpSignature],
+                calls: dict[str, int] | None = None) -> dict[str, float]:
+    """Per-run time (ms) of every node that belongs to each module in `scopes`, keyed by its signature;
+    for a module called several times in one forward (`calls`: weights shared across steps), the time
+    of one call, which is what its signature means to every other model reading the cache."""
     breakdown = aggregate_events(events, LayerMap(graph), warmup_runs=PROFILE_WARMUP_RUNS)
     totals = dict.fromkeys(scopes, 0.0)
     modules = list(scopes)
@@ -165,6 +169,7 @@ def scope_times(events: list[dict], graph: onnx.ModelProto, scopes: dict[str, Op
                 totals[module] += node["ms"]
     by_signature: dict[str, list[float]] = {}  # identical attention layers share a signature: average them
     for module, ms in totals.items():
+        ms /= (calls or {}).get(module, 1)
         if ms > 0:
             by_signature.setdefault(scopes[module].key(), []).append(ms)
     return {key: statistics.fmean(values) for key, values in by_signature.items()}
@@ -191,6 +196,9 @@ class Operator:
     # The same for its output width as the signature counts it: a bidirectional recurrent layer's
     # signature counts hidden units, two output channels each.
     out_ratio: float = 1.0
+    # Times the model's forward calls it (a conv applied at every step of a loop); its signature is its
+    # first call's, and its time that call's times this.
+    calls: int = 1
 
 
 # The convolutions the table times (any spatial rank: the signature keeps every spatial dimension; a
@@ -221,7 +229,7 @@ def _linear_rows(leading: tuple | list, batch: int) -> tuple[int, ...]:
 
 def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
     """Every conv/linear with its real input shape (one forward pass) and the groups that size it."""
-    model, shapes = graph.model, {}
+    model, shapes, calls = graph.model, {}, {}
     names = {m: n for n, m in model.named_modules()}
 
     def hook(module, inputs, output):
@@ -229,6 +237,7 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
             output = output[0]  # nn.MultiheadAttention returns (output, weights), a recurrent layer (output, state)
         if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
             shapes.setdefault(module, (inputs[0], output))
+            calls[module] = calls.get(module, 0) + 1
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (*CONVOLUTIONS, nn.Linear, nn.MultiheadAttention, *recurrent.RECURRENT))]
@@ -262,7 +271,8 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
         if sig is not None:
             out_ratio = 0.5 if isinstance(module, recurrent.RECURRENT) and module.bidirectional else 1.0
             operators.append(Operator(names[module], sig, sorted(in_groups.get(module, ())),
-                                      sorted(out_groups.get(module, ())), in_ratio.get(module, {}), out_ratio))
+                                      sorted(out_groups.get(module, ())), in_ratio.get(module, {}), out_ratio,
+                                      calls[module]))
     for group in graph.groups:
         if group.kind == "heads" and group.attention in shapes:
             query = shapes[group.attention][0]
@@ -352,7 +362,7 @@ def build_table(operators: list[Operator], ladder: list[dict[str, int]], group_c
         if table.missing(needed):
             scopes = {op.name: sig for op, sig in zip(operators, needed)}
             table.record(profile_operator_times(build_variant(widths), fp["threads"], fp["batch_size"], fp["device"],
-                                                scopes))
+                                                scopes, {op.name: op.calls for op in operators}))
             table.variants_profiled += 1
             table.save()  # after every variant, so a killed run keeps what it measured
         if progress is not None:
@@ -364,7 +374,7 @@ def build_table(operators: list[Operator], ladder: list[dict[str, int]], group_c
             sig = widths_signature(op, {g: group_channels[g] - w for g, w in widths.items()})
             value = table.get(sig)
             if value is not None:
-                points.append((sig.cost_coordinate(), value))
+                points.append((sig.cost_coordinate(), value * op.calls))
         if points:
             curves[op.name] = OperatorCurve(points)
     return curves
