@@ -38,6 +38,7 @@ import torch_pruning as tp
 from torch import nn
 
 from . import attention_heads, recurrent, tp_fixes
+from .model_outputs import output_modules, output_tensors  # noqa: F401 - output_modules is this module's API too
 from .errors import UserError, first_line
 from .masks import ChannelMasks
 
@@ -45,8 +46,10 @@ tp_fixes.apply()
 
 Plan = dict[str, list[int]]  # group name -> kept unit indices (ascending)
 
-# Torch-Pruning's nodes for torch.split/chunk and unbind: where one root channel can couple to others
-_SPLITS = (tp.ops._SplitOp, tp.ops._UnbindOp)
+# Torch-Pruning's nodes for torch.split/chunk and unbind, and for torch.cat: where one root channel can
+# couple to others (a GLU's halves; a GhostNet module's concat of a conv's output and a depthwise conv of
+# it, whose position i and init + i go together)
+_SPLITS_AND_CONCATS = (tp.ops._SplitOp, tp.ops._UnbindOp, tp.ops._ConcatOp)
 # masked and test-pruned outputs must agree to float rounding (relative to the output's scale)
 VERIFY_TOLERANCE = 1e-4
 
@@ -103,47 +106,6 @@ class SkippedModule:
 
 def module_names(model: nn.Module) -> dict[nn.Module, str]:
     return {module: name for name, module in model.named_modules()}
-
-
-def output_modules(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
-    """Modules whose output is the model's output (classifier heads): never pruned by default.
-
-    Found by running the model once; falls back to the last conv/linear executed when the output is
-    produced by a functional op after it (a flatten, a reshape).
-    """
-    produced: list[tuple[nn.Module, torch.Tensor]] = []
-
-    def hook(module, _inputs, output):
-        if isinstance(output, torch.Tensor):
-            produced.append((module, output))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            out = model(example_input)
-            model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
-    outputs = _tensors(out)
-    heads = [m for m, t in produced if any(t is o for o in outputs)]
-    if not heads:
-        weighted = [m for m, _ in produced if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
-        heads = weighted[-1:]
-    return heads
-
-
-def _tensors(out) -> list[torch.Tensor]:
-    """Every tensor in a model's output (a tensor, or tuples/lists/dicts of them)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        return [t for item in out for t in _tensors(item)]
-    return []
 
 
 class GroupGraph:
@@ -268,7 +230,7 @@ class GroupGraph:
                                               f"nn.MultiheadAttention {attention[0]} (its heads are pruned instead)"))
             return
         units, grouped, reason = self._grouped_conv_units(group, channels)
-        reason = _halving_op_reason(group) or reason
+        reason = _unfollowed_op_reason(group) or reason
         if isinstance(root, recurrent.RECURRENT):
             reason = recurrent.blocker(root) or reason
             units = recurrent.units(root) if units is None else units
@@ -372,12 +334,14 @@ class GroupGraph:
         """Unions the root channels Torch-Pruning removes together; True when any are coupled.
 
         A split that feeds one elementwise op with several of its parts (a GLU: `a, b = conv(x).chunk(2)`,
-        `a * sigmoid(b)`) couples channel i of one part with channel i of the others. DepGraph removes
+        `a * sigmoid(b)`) couples channel i of one part with channel i of the others; so does a concat of
+        a tensor and a depthwise conv of it (GhostNet: a channel per unit let the latency table's
+        narrowest variant remove every channel, and the run stopped at "ONNX export failed"). DepGraph removes
         both when asked for one, but the group it lists for all channels maps each to itself, so a
         channel per unit would let a plan keep one partner and lose the other. Only groups that pass a
-        split are asked, and first whether any channel is coupled at all (`_any_coupled`); only then is
+        split or a concat are asked, and first whether any channel is coupled at all (`_any_coupled`); only then is
         each channel asked for alone, one graph walk per channel."""
-        if not any(isinstance(item.dep.target.module, _SPLITS) for item in group):
+        if not any(isinstance(item.dep.target.module, _SPLITS_AND_CONCATS) for item in group):
             return False
         root, handler = group[0].dep.target.module, group[0].dep.handler
 
@@ -471,13 +435,13 @@ class GroupGraph:
             masks = ChannelMasks(self, plan)
             try:
                 with torch.no_grad():
-                    masked = _tensors(self.model(x))
+                    masked = output_tensors(self.model(x))
             finally:
                 masks.remove()
             pruned_model = copy.deepcopy(self.model)
             apply_plan(pruned_model, self.example_input, plan, self.ignore)  # DepGraph needs autograd on
             with torch.no_grad():
-                pruned = _tensors(pruned_model.eval()(x))
+                pruned = output_tensors(pruned_model.eval()(x))
         except Exception as exc:  # noqa: BLE001 - whatever the model raises is the reason
             text = str(exc).strip().splitlines()
             return f"pruning breaks the model: {type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
@@ -575,14 +539,21 @@ def _passes_op(tp_group, *grad_fns: str) -> bool:
     return any(str(getattr(item.dep.target.module, "_grad_fn", "")).startswith(grad_fns) for item in tp_group)
 
 
-def _halving_op_reason(group) -> str | None:
-    """Why a group that passes through F.glu / nn.GLU cannot be pruned. GLU halves the channels, and
-    Torch-Pruning maps it as an elementwise op (the same channels in and out), so its consumers would lose
-    the wrong inputs. The verification trial may not notice: a removal that happens to take the same
-    offsets from both halves is exact."""
+def _unfollowed_op_reason(group) -> str | None:
+    """Why a group that passes an op whose channel mapping Torch-Pruning does not follow cannot be pruned:
+    F.glu / nn.GLU, or a pixel shuffle. GLU halves the channels, and Torch-Pruning maps it as an
+    elementwise op (the same channels in and out), so its consumers would lose the wrong inputs. The
+    verification trial may not notice: a removal that happens to take the same offsets from both halves
+    is exact."""
     if _passes_op(group, "GluBackward"):
         return ("it feeds F.glu / nn.GLU, whose halving Torch-Pruning does not follow (written as "
                 "`a, b = x.chunk(2, dim=1); a * torch.sigmoid(b)` it is pruned)")
+    # The same for a pixel shuffle (r*r channels become one) and its inverse: the trial fails on shapes
+    # alone, but with a bare "Given groups=1, weight of size [32, 20, 3, 3], expected input ... to have 20
+    # channels, but got 24" (an ESPCN-style upsampler).
+    if _passes_op(group, "PixelShuffleBackward", "PixelUnshuffleBackward"):
+        return ("it feeds a pixel shuffle (nn.PixelShuffle / nn.PixelUnshuffle), which folds r x r channels into "
+                "one and back; Torch-Pruning follows it as if each channel stayed one channel")
     return None
 
 

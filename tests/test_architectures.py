@@ -86,6 +86,20 @@ def test_group_norm_model_reaches_2x(tmp_path):
     assert all(entry["channels_after"] < entry["channels_before"] for entry in report["layers"])
 
 
+def assert_masked_equals_pruned(model: nn.Module, graph: GroupGraph, example: torch.Tensor, plan: dict,
+                                x: torch.Tensor) -> nn.Module:
+    """The model under the masks of `plan` computes what the model physically pruned to it does, on
+    `x`. Returns the pruned copy."""
+    masks = ChannelMasks(graph, plan)
+    with torch.no_grad():
+        masked = model(x)
+    masks.remove()
+    pruned = apply_plan(copy.deepcopy(model), example, plan)
+    with torch.no_grad():
+        assert torch.allclose(masked, pruned(x), atol=1e-5)
+    return pruned
+
+
 def assert_masked_norm_equals_pruned(model: nn.Module, kept_units) -> tuple[GroupGraph, list[int], nn.Module]:
     """conv -> norm -> conv with random affine terms: the norm's one group, under the masks of a plan
     keeping `kept_units(units)`, computes what the pruned model does. Returns the graph, the kept units
@@ -95,14 +109,7 @@ def assert_masked_norm_equals_pruned(model: nn.Module, kept_units) -> tuple[Grou
     graph = GroupGraph(model, torch.zeros(1, 3, 8, 8), verify=True)
     assert graph.skipped == [] and [g.name for g in graph.groups] == ["0"]
     plan = {"0": kept_units(graph["0"].channels)}
-    x = torch.randn(2, 3, 8, 8)
-    masks = ChannelMasks(graph, plan)
-    with torch.no_grad():
-        masked = model(x)
-    masks.remove()
-    pruned = apply_plan(copy.deepcopy(model), torch.zeros(1, 3, 8, 8), plan)
-    with torch.no_grad():
-        assert torch.allclose(masked, pruned(x), atol=1e-5)
+    pruned = assert_masked_equals_pruned(model, graph, torch.zeros(1, 3, 8, 8), plan, torch.randn(2, 3, 8, 8))
     return graph, plan["0"], pruned
 
 
@@ -167,14 +174,7 @@ def test_a_layer_norm_subclass_over_the_last_dim_stays_there_when_dim_1_is_as_wi
     graph = GroupGraph(model, example, verify=True)
     assert graph.skipped == [] and [g.name for g in graph.groups] == ["0"]
     plan = {"0": [0, 3, 5, 6, 9, 12, 15]}
-    x = torch.randn(2, 16, 8)
-    masks = ChannelMasks(graph, plan)
-    with torch.no_grad():
-        masked = model(x)
-    masks.remove()
-    pruned = apply_plan(copy.deepcopy(model), example, plan)
-    with torch.no_grad():
-        assert torch.allclose(masked, pruned(x), atol=1e-5)
+    assert_masked_equals_pruned(model, graph, example, plan, torch.randn(2, 16, 8))
 
 
 def test_gated_units_reach_2x(tmp_path):
@@ -195,16 +195,39 @@ def test_glu_halves_are_removed_together():
     assert graph["gate"].units == [[i, i + 96] for i in range(96)]
     assert graph["gated_tanh"].units == [[i, i + 64] for i in range(64)]
     plan = {"gate": list(range(48)), "gated_tanh": [u for u in range(64) if u % 3]}
-    x = torch.randn(2, 3, 32, 32)
-    masks = ChannelMasks(graph, plan)
-    with torch.no_grad():
-        masked = model(x)
-    masks.remove()
-    pruned = apply_plan(copy.deepcopy(model), example, plan)
+    pruned = assert_masked_equals_pruned(model, graph, example, plan, torch.randn(2, 3, 32, 32))
     assert pruned.gate.out_channels == 96 and pruned.mix[0].in_channels == 48
     assert pruned.gated_tanh.out_channels == 2 * len(plan["gated_tanh"]) == 2 * pruned.fc.in_features
-    with torch.no_grad():
-        assert torch.allclose(masked, pruned(x), atol=1e-5)
+
+
+class GhostModule(nn.Module):
+    """GhostNet's module: half the channels from a 1x1 conv, the other half a depthwise conv of them."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.primary = nn.Sequential(nn.Conv2d(cin, cout // 2, 1, bias=False), nn.BatchNorm2d(cout // 2), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(cout // 2, cout // 2, 3, padding=1, groups=cout // 2, bias=False),
+                                   nn.BatchNorm2d(cout // 2), nn.ReLU())
+
+    def forward(self, x):
+        a = self.primary(x)
+        return torch.cat([a, self.cheap(a)], 1)
+
+
+def test_a_concat_of_a_tensor_and_a_depthwise_conv_of_it_keeps_its_pairs():
+    """Position i of the concat and position 24 + i are one channel of the primary conv (the depthwise
+    conv maps it to itself): Torch-Pruning removes both when asked for one, so a unit is the pair. With a
+    channel a unit, the latency table's narrowest variant removed every channel and the run stopped at
+    "ONNX export failed: ... weight of size [0, 32, 1, 1]"."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), GhostModule(16, 48),
+                          nn.Conv2d(48, 48, 3, padding=1, groups=48), nn.ReLU(), GhostModule(48, 32),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+    example = torch.zeros(1, 3, 16, 16)
+    graph = GroupGraph(model, example, verify=True)
+    assert graph["2"].units == [[i, i + 24] for i in range(24)]
+    plan = {g.name: list(range(g.channels))[:1] for g in graph.groups}  # the narrowest: one unit each
+    pruned = assert_masked_equals_pruned(model, graph, example, plan, torch.randn(2, 3, 16, 16))
+    assert pruned[2].out_channels == 2 and pruned[1].primary[0].out_channels == 1
 
 
 def test_glu_function_is_left_dense_with_its_reason():
@@ -355,14 +378,8 @@ def test_layer_norm_stream_is_pruned_exactly():
     graph = GroupGraph(model, x[:1], verify=True)
     assert {g.name for g in graph.groups} == {"embed", "mlp.0"} and graph.skipped == []
     plan = {"embed": list(range(0, 32, 2)), "mlp.0": list(range(40))}
-    masks = ChannelMasks(graph, plan)
-    with torch.no_grad():
-        masked = model(x)
-    masks.remove()
-    pruned = apply_plan(copy.deepcopy(model), x[:1], plan)
+    pruned = assert_masked_equals_pruned(model, graph, x[:1], plan, x)
     assert pruned.norm.normalized_shape == (16,)
-    with torch.no_grad():
-        assert torch.allclose(masked, pruned(x), atol=1e-5)
 
 
 # -- what cannot be pruned -------------------------------------------------------------------------

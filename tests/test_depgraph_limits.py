@@ -94,3 +94,39 @@ def test_a_stream_that_breaks_past_a_transpose_says_so():
                                   "channel axis stayed in place)")
     # the hidden widths of both MLPs never pass the transpose: they are pruned
     assert {"tokens.0", "channels.0"} <= {g.name for g in graph.groups}
+
+
+class SuperResolution(nn.Module):
+    """ESPCN-style: a pixel shuffle in the middle, and one after the last conv that makes the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Tanh())
+        self.up = nn.Sequential(nn.Conv2d(32, 16 * 4, 3, padding=1), nn.PixelShuffle(2), nn.ReLU())
+        self.tail = nn.Sequential(nn.Conv2d(16, 3 * 4, 3, padding=1), nn.PixelShuffle(2))
+
+    def forward(self, x):
+        return self.tail(self.up(self.head(x)))
+
+
+def test_a_group_into_a_pixel_shuffle_is_left_dense_with_its_reason():
+    """Torch-Pruning maps a pixel shuffle as elementwise; the trial failed on shapes with a bare
+    "Given groups=1, weight of size ..." line. The conv before the output's pixel shuffle is the output
+    layer (its 12 channels are the output's 3 at twice the size), not a group that breaks."""
+    graph = GroupGraph(SuperResolution().eval(), torch.zeros(1, 3, 8, 8), verify=True)
+    skipped = {s.name: s.reason for s in graph.skipped}
+    assert skipped == {"up.0": "it feeds a pixel shuffle (nn.PixelShuffle / nn.PixelUnshuffle), which folds r x r "
+                               "channels into one and back; Torch-Pruning follows it as if each channel stayed one channel"}
+    assert graph.output_names == ["tail.0"]
+    assert [g.name for g in graph.groups] == ["head.0"]
+
+
+@pytest.mark.parametrize("last", [nn.Softmax(dim=1), nn.Sigmoid(), nn.BatchNorm1d(10)])
+def test_the_classifier_before_a_final_activation_or_norm_is_the_output_layer(last):
+    """A classifier ending in nn.Softmax (or a sigmoid, or a norm) had its Linear's 10 classes offered as
+    a group, left dense only by the trial, as "pruning changes the shape of the model's outputs"."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+                          last).eval()
+    graph = GroupGraph(model, torch.zeros(1, 3, 8, 8), verify=True)
+    assert graph.output_names == ["4"] and graph.skipped == []
+    assert [g.name for g in graph.groups] == ["0"]

@@ -135,5 +135,6 @@ def test_a_split_whose_parts_never_meet_again_costs_a_few_graph_walks_not_one_pe
     monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", counted)
     graph = GroupGraph(model, torch.zeros(1, 3, 8, 8))
     assert graph["conv"].units is None and graph["conv"].channels == 64
-    # its own group's walk, then the channels with each of 6 index bits 0 and 1; one each for left, right
-    assert walks.count(model.conv) == 1 + 2 * 6 and len(walks) == 15
+    # its own group's walk, then the channels with each of 6 index bits 0 and 1; left and right, whose
+    # outputs pass the concat, the same over their 3 bits
+    assert walks.count(model.conv) == 1 + 2 * 6 and len(walks) == 1 + 2 * 6 + 2 * (1 + 2 * 3)
