@@ -171,6 +171,23 @@ def test_a_speedup_above_the_allowance_is_met_and_says_it_overshot(monkeypatch, 
     assert inside["speedup"]["within_allowed"] is True and "above the allowed" not in verdict(inside)
 
 
+def test_an_overshoot_says_why_and_which_setting_offers_the_widths_between(monkeypatch, tmp_path):
+    from deploycompress.report import _coarse_widths_text
+
+    over, _, _ = profile_with(monkeypatch, tmp_path, [comparison(3.4, (3.35, 3.45))])
+    over.update(target_speedup=2.0, channel_multiple=16, channel_multiple_source="prune.channel_multiple")
+    line = _coarse_widths_text(over)
+    assert "landed in [2x, 2.20x]" in line and "steps of 16 channels" in line and "channel_multiple = 8" in line
+    over["channel_multiple_source"] = "the runtime's channel block"  # finer widths run at the block's speed
+    line = _coarse_widths_text(over)
+    assert "blocks of 16" in line and "channel_multiple =" not in line
+    over["channel_multiple"] = 1  # nothing finer to offer
+    assert _coarse_widths_text(over) is None
+    inside, _, _ = profile_with(monkeypatch, tmp_path, [comparison(2.1, (2.05, 2.15))])
+    inside.update(target_speedup=2.0, channel_multiple=16, channel_multiple_source="prune.channel_multiple")
+    assert _coarse_widths_text(inside) is None
+
+
 def test_the_summary_gives_the_session_pairs_range_beside_the_median_pairs_ci(monkeypatch, tmp_path):
     from deploycompress.report import measured_text
 
