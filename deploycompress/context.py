@@ -137,7 +137,7 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tens
     except Exception as exc:  # noqa: BLE001 - a shape mismatch surfaces as any of several errors
         as_float = first_line(exc)
         if not _looks_up_embedding(model, as_float):
-            hint = _input_hint(model, as_float)
+            hint = _input_hint(model, as_float) or _channels_last_hint(model, shape)
             raise UserError(f"input shape {shape} does not fit the model: {as_float}{hint}") from None
     tokens = example.long()
     called: list[tuple[bool, int]] = []  # (reads the model's input itself, entries) per embedding call
@@ -252,6 +252,26 @@ def _input_hint(model: nn.Module, error: str) -> str:
     return ""
 
 
+def _looks_channels_last(sample: tuple[int, ...]) -> bool:
+    """(H, W, C) image samples: a last axis of 1, 3 or 4 channels after two larger spatial ones."""
+    return len(sample) == 3 and sample[-1] in (1, 3, 4) and min(sample[:2]) > 4
+
+
+def _channels_last_hint(model: nn.Module, shape: tuple[int, ...]) -> str:
+    """Images saved channels-last (as PIL, OpenCV and TensorFlow hold them) for a model that reads
+    (N, C, H, W): the error alone says "expected input[1, 32, 32, 3] to have 3 channels, but got 32"."""
+    if not _looks_channels_last(tuple(shape[1:])):
+        return ""
+    first = (1, shape[-1], *shape[1:-1])
+    try:
+        with torch.no_grad():
+            model(torch.zeros(first))
+    except Exception:  # noqa: BLE001 - the hint is only given where channels first is what the model runs on
+        return ""
+    return (f" (this shape is channels-last; the model runs on {','.join(map(str, first))}, channels first: "
+            "transpose the inputs to (N, C, H, W), x.transpose(0, 3, 1, 2))")
+
+
 # prune.calibration_budget_s never cuts the calibration samples below this many
 CALIBRATION_FLOOR = 64
 
@@ -296,9 +316,12 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     if shape is None:
         raise UserError("--input-shape is required when neither the data nor a zoo model says it (e.g. 1,3,224,224)")
     if data is not None and tuple(shape[1:]) != tuple(data.input_shape[1:]):
-        raise UserError(f"--input-shape {','.join(map(str, shape))} does not match the data's samples "
-                        f"{tuple(data.input_shape[1:])}")
+        sample = tuple(data.input_shape[1:])
+        transposed = _looks_channels_last(sample) and tuple(shape[1:]) == (sample[-1], *sample[:-1])
+        raise UserError(f"--input-shape {','.join(map(str, shape))} does not match the data's samples {sample}"
+                        + (": they are channels-last; save the data's x as x.transpose(0, 3, 1, 2)" if transposed else ""))
     num_classes = data.num_classes if data is not None else None
+    weights_note = None
     if entry is not None and config.weights is None:
         if data is None or not data.has_labels:
             raise UserError(f"zoo model {entry.name} has no trained weights for unlabelled data; pass --weights")
@@ -306,7 +329,7 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     else:
         dense = entry.build(num_classes=num_classes or 10) if entry else loading.build_user_model(config.model, num_classes)
         if config.weights:
-            loading.load_weights(dense, config.weights)
+            weights_note = loading.load_weights(dense, config.weights)
     dense.eval()
     setup_notes: list[str] = []  # what setting the run up changed: printed now, and report.json "notes"
 
@@ -314,6 +337,8 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
         if text:
             print(f"model: {text}")
             setup_notes.append(text)
+
+    note(weights_note)
 
     note(_to_float32(dense))
     baked = loading.bake_reparametrizations(dense)
@@ -327,6 +352,9 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
                                     vocab=vocab)
     elif vocab is not None:
         data = data_mod.as_token_ids(data, vocab, f"--data {config.data or data.name}")
+    elif data.integer_inputs and data.x_train.max() > 1:
+        note(f"x_train holds integers ({data.integer_inputs}), fed to the model as float32 as they are, "
+             "not scaled: a model trained on [0, 1] inputs needs x / 255 saved instead (accuracy.dense shows it)")
     if not isinstance(out, torch.Tensor):
         # Training, distillation, the ONNX parity check and the accuracy all read one output tensor.
         raise UserError(f"--model {config.model}: forward returns a {type(out).__name__}, not one tensor; "

@@ -42,6 +42,10 @@ class DataBundle:
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
     val_groups: torch.Tensor | None = None
+    # "uint8, 0-255" where x arrived as integers (images saved as bytes): fed to the model as float32 as
+    # they are, which is right for a token model and for one that scales its own input, and not for one
+    # trained on [0, 1] (context.py says so when the model is not a token model)
+    integer_inputs: str | None = None
 
     @property
     def has_labels(self) -> bool:
@@ -240,9 +244,11 @@ def _bundle(name: str, source: str, x_tr: np.ndarray, y_tr: np.ndarray | None, x
         return None if y is None else torch.tensor(y, dtype=torch.long)
 
     num_classes = None if y_tr is None else int(max(y.max(initial=0) for y in (y_tr, y_te, y_val) if y is not None)) + 1
+    integers = f"{x_tr.dtype}, {x_tr.min()}-{x_tr.max()}" if x_tr.dtype.kind in "iu" else None
     return DataBundle(name, torch.tensor(x_tr, dtype=torch.float32), labels(y_tr),
                       torch.tensor(x_te, dtype=torch.float32), labels(y_te), num_classes,
-                      None if x_val is None else torch.tensor(x_val, dtype=torch.float32), labels(y_val))
+                      None if x_val is None else torch.tensor(x_val, dtype=torch.float32), labels(y_val),
+                      integer_inputs=integers)
 
 
 def load_npz(path: str | Path, seed: int = 0) -> DataBundle:

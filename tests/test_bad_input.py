@@ -250,6 +250,7 @@ class Workspace:
         x = rng.standard_normal((20, 3, 8, 8)).astype(np.float32)
         y = rng.integers(0, 10, 20)
         npz("good.npz", x=x, y=y)
+        npz("channels_last.npz", x=x.transpose(0, 2, 3, 1), y=y)  # as PIL, OpenCV and TensorFlow hold images
         npz("only_x.npz", x_train=x)
         npz("lengths.npz", x=x, y=y[:19])
         nan = x.copy()
@@ -392,6 +393,13 @@ CASES = [
     Case("input-shape-not-numbers", lambda w: user(w) + ["--input-shape", "1,three,8,8"], r"comma-separated integers"),
     Case("input-shape-zero", lambda w: user(w) + ["--input-shape", "1,0,8,8"], r"positive sizes"),
     Case("input-shape-disagrees-with-data", lambda w: user(w, "--data", w.root / "good.npz") + ["--input-shape", "1,3,9,9"], r"does not match the data's samples"),
+    Case("data-channels-last", lambda w: user(w, "--data", w.root / "channels_last.npz"),
+         r"input shape \(1, 8, 8, 3\) does not fit the model: .*\(this shape is channels-last; the model runs on "
+         r"1,3,8,8, channels first: transpose the inputs to \(N, C, H, W\), x\.transpose\(0, 3, 1, 2\)\)"),
+    Case("input-shape-channels-first-data-channels-last",
+         lambda w: user(w, "--data", w.root / "channels_last.npz") + ["--input-shape", "1,3,8,8"],
+         r"does not match the data's samples \(8, 8, 3\): they are channels-last; save the data's x as "
+         r"x\.transpose\(0, 3, 1, 2\)"),
     # the target
     Case("target-1", lambda w: ["--target-speedup", "1"], r"greater than 1"),
     Case("target-below-1", lambda w: ["--target-speedup", "0.5x"], r"greater than 1"),

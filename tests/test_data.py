@@ -236,6 +236,22 @@ def test_input_shape_must_agree_with_the_data(tmp_path):
     assert tuple(ctx.example_input.shape) == (1, 4) and ctx.data.has_labels
 
 
+def test_integer_inputs_are_fed_as_they_are_and_the_run_says_so(tmp_path, capsys):
+    """Images saved as bytes (0-255) reach the model unscaled: right for a model that scales its own
+    input, wrong for one trained on [0, 1], whose dense accuracy then reads like chance."""
+    x, y = xy()
+    pixels = np.clip(x * 60 + 128, 0, 255).astype(np.uint8)
+    data = write_npz(tmp_path / "bytes.npz", x=pixels, y=y)
+    ctx = build_context(config(tmp_path, data=str(data)), tmp_path)
+    assert ctx.data.integer_inputs == f"uint8, {pixels.min()}-{pixels.max()}"
+    assert float(ctx.data.x_train.max()) == pixels.max()  # not scaled
+    note = f"x_train holds integers (uint8, {pixels.min()}-{pixels.max()}), fed to the model as float32 as they are"
+    assert any(n.startswith(note) for n in ctx.report["setup_notes"]) and note in capsys.readouterr().out
+    floats = write_npz(tmp_path / "floats.npz", x=x, y=y)
+    ctx = build_context(config(tmp_path, data=str(floats)), tmp_path)
+    assert ctx.data.integer_inputs is None and not any("integers" in n for n in ctx.report["setup_notes"])
+
+
 def test_labels_beyond_the_model_outputs(tmp_path):
     x, _ = xy()
     data = write_npz(tmp_path / "d.npz", x=x, y=np.full(len(x), 7))

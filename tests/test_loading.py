@@ -129,6 +129,42 @@ def test_state_dict_layouts_load(tmp_path, wrap):
     assert same_weights(source, target)
 
 
+@pytest.mark.parametrize("wrap, prefix, others", [
+    # a LightningModule that holds the network as self.model, and a loss with class weights
+    (lambda sd: {"state_dict": {**{f"model.{k}": v for k, v in sd.items()}, "criterion.weight": torch.ones(2)},
+                 "epoch": 3}, "model.", "; 1 other entry not the model's"),
+    (lambda sd: {"state_dict": {f"net.backbone.{k}": v for k, v in sd.items()}}, "net.backbone.", ""),
+    (lambda sd: {f"model.module.{k}": v for k, v in sd.items()}, "model.", ""),  # DataParallel inside it
+], ids=["lightning-model-attribute", "two-levels", "dataparallel-inside"])
+def test_the_model_under_a_training_wrappers_attribute_loads_and_says_so(tmp_path, wrap, prefix, others):
+    """A Lightning checkpoint was refused with 'Missing key(s) in state_dict: "0.weight", ...'."""
+    source, target = small_model(), small_model()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(1.0)
+    torch.save(wrap(source.state_dict()), tmp_path / "w.ckpt")
+    note = load_weights(target, tmp_path / "w.ckpt")
+    assert same_weights(source, target)
+    assert note == f"weights: the model's entries in w.ckpt are those under '{prefix}'{others}"
+    assert load_weights(small_model(), _saved(tmp_path, source.state_dict())) is None  # a plain one says nothing
+
+
+def _saved(tmp_path, state) -> Path:
+    torch.save(state, tmp_path / "plain.pt")
+    return tmp_path / "plain.pt"
+
+
+def test_a_checkpoint_with_the_model_under_two_prefixes_is_refused(tmp_path):
+    """A distillation checkpoint with a student and a teacher of the same architecture: which one is
+    meant is the user's to say."""
+    sd = small_model().state_dict()
+    teacher = {f"teacher.{k}": v.clone() for k, v in sd.items()}
+    torch.save({"state_dict": {**{f"student.{k}": v for k, v in sd.items()}, **teacher}}, tmp_path / "kd.ckpt")
+    with pytest.raises(UserError, match=r"under more than one prefix \('student\.', 'teacher\.'\)") as info:
+        load_weights(small_model(), tmp_path / "kd.ckpt")
+    assert "\n" not in str(info.value)
+
+
 def test_safetensors_loads(tmp_path):
     source, target = small_model(), small_model()
     with torch.no_grad():

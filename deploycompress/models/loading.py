@@ -138,7 +138,9 @@ def build_user_model(spec: str, num_classes: int | None) -> nn.Module:
     return original if isinstance(original, nn.Module) else model
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
+def load_weights(model: nn.Module, path: str | Path) -> str | None:
+    """Load a state_dict (or a checkpoint holding one) into `model`. Returns a note when only part of
+    the file was the model's (a training wrapper's checkpoint), else None."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
@@ -176,13 +178,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
                 break
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: expected a state_dict (parameter names -> tensors)")
-    state = _strip_wrapper_prefix(state, model)
+    state, note = _wrapped_model_entries(state, model, path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = " ".join(lines[1:3] or lines[:1])  # lines[0] is "Error(s) in loading state_dict for X:"
         raise UserError(f"{path}: weights do not match the model: {detail[:300]}") from None
+    return note
 
 
 def _strip_wrapper_prefix(state: dict, model: nn.Module) -> dict:
@@ -193,6 +196,35 @@ def _strip_wrapper_prefix(state: dict, model: nn.Module) -> dict:
         if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
             return {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+def _wrapped_model_entries(state: dict, model: nn.Module, path: Path) -> tuple[dict, str | None]:
+    """The model's entries of a state_dict, and a note when they were found under a training wrapper's
+    attribute: a PyTorch Lightning checkpoint holds the LightningModule's state_dict, the network under
+    the attribute it was assigned to ("model.f.0.0.weight"), often beside a loss's or a teacher's
+    entries, and was refused with 'Missing key(s) in state_dict: "f.0.0.weight", ...'. Only a prefix
+    under which the entries are exactly the model's is taken (one or two attribute levels deep)."""
+    state = _strip_wrapper_prefix(state, model)
+    own = set(model.state_dict().keys())
+    if set(state) == own:
+        return state, None
+    prefixes = {".".join(k.split(".")[:depth]) for k in state for depth in (1, 2) if k.count(".") >= depth}
+    found = {}
+    for prefix in sorted(prefixes):
+        inner = _strip_wrapper_prefix({k[len(prefix) + 1:]: v for k, v in state.items()
+                                       if k.startswith(prefix + ".")}, model)
+        if set(inner) != own:
+            continue
+        if not any(all(inner[k] is other[k] for k in own) for other in found.values()):  # "model.", "model.module."
+            found[prefix] = inner
+    if len(found) > 1:  # a distillation checkpoint holding a student and a teacher of one architecture
+        raise UserError(f"{path}: the model's weights are there under more than one prefix "
+                        f"({', '.join(repr(p + '.') for p in found)}): save the one you mean as a plain state_dict")
+    for prefix, inner in found.items():
+        others = len(state) - len(inner)
+        rest = f"; {others} other entr{'y' if others == 1 else 'ies'} not the model's" if others else ""
+        return inner, f"weights: the model's entries in {path.name} are those under '{prefix}.'{rest}"
+    return state, None
 
 
 def zoo_entry(spec: str):
