@@ -419,7 +419,8 @@ class GroupGraph:
         if reason is None:
             return {}
         if len(groups) == 1:
-            return {groups[0].name: self._raw_parameters_note(groups[0]) + reason + _axis_swap_note(groups[0], reason)}
+            group = groups[0]
+            return {group.name: self._raw_parameters_note(group) + reason + _unfollowed_mapping_note(group, reason)}
         half = len(groups) // 2
         failures = self._find_failures(groups[:half], x) | self._find_failures(groups[half:], x)
         if not failures:  # each half is fine alone, not together: keep the first half
@@ -557,14 +558,30 @@ def _unfollowed_op_reason(group) -> str | None:
     return None
 
 
-def _axis_swap_note(group: ChannelGroup, reason: str) -> str:
-    """Why an index went out of range, where the group's channels pass a transpose or permute: DepGraph
-    maps those as elementwise ops, so past one it prunes whatever axis now sits where the channels were
-    (an MLP-Mixer's stream reached its token-mixing Linears' 64 token inputs as if they were its 128
-    channels: "IndexError: index 68 is out of bounds for dimension 0 with size 64")."""
-    if "IndexError" not in reason or not _passes_op(group.tp_group, "TransposeBackward", "PermuteBackward"):
+def _unfollowed_mapping_note(group: ChannelGroup, reason: str) -> str:
+    """Why a trial broke, where the group's channels pass an op whose index mapping Torch-Pruning gets
+    wrong, so the user learns what to change rather than a bare "IndexError: index 192 is out of bounds".
+
+    A transpose or permute: DepGraph maps it as elementwise, so past one it prunes whatever axis now sits
+    where the channels were (an MLP-Mixer's stream reached its token-mixing Linears' 64 token inputs as if
+    they were its 128 channels). A split whose parts are concatenated again (YOLOv8's C2f, Res2Net,
+    FasterNet's partial conv): the concat's offsets come out wrong (Torch-Pruning's own YOLOv8 example
+    replaces C2f's chunked conv with two convs, which are pruned here too). An in-place write to a channel
+    slice (`x[:, :k] = conv(x[:, :k])`): not followed at all."""
+    if not reason.startswith("pruning breaks the model"):
         return ""
-    return " (its channels pass a transpose or permute, which Torch-Pruning follows as if the channel axis stayed in place)"
+    if "IndexError" in reason and _passes_op(group.tp_group, "TransposeBackward", "PermuteBackward"):
+        return (" (its channels pass a transpose or permute, which Torch-Pruning follows as if the channel axis "
+                "stayed in place)")
+    ops = {type(item.dep.target.module) for item in group.tp_group}
+    if tp.ops._SplitOp in ops and tp.ops._ConcatOp in ops:
+        return (" (its channels pass a split whose parts are concatenated again, as in YOLOv8's C2f or Res2Net, and "
+                "Torch-Pruning maps the concat's offsets wrongly there; where the split cuts one conv's output in "
+                "two, two convs in its place are pruned)")
+    if _passes_op(group.tp_group, "torch::autograd::CopySlices"):
+        return (" (its channels are written in place through a slice, `x[:, :k] = ...`, which Torch-Pruning does "
+                "not follow)")
+    return ""
 
 
 def _group_count(module: nn.Module) -> int:

@@ -130,3 +130,62 @@ def test_the_classifier_before_a_final_activation_or_norm_is_the_output_layer(la
     graph = GroupGraph(model, torch.zeros(1, 3, 8, 8), verify=True)
     assert graph.output_names == ["4"] and graph.skipped == []
     assert [g.name for g in graph.groups] == ["0"]
+
+
+class CrossStagePartial(nn.Module):
+    """YOLOv8's C2f: one conv's output chunked in two, a residual bottleneck on the second half, every
+    stage concatenated; `two_convs` is Torch-Pruning's YOLOv8 example's rewrite (C2f_v2)."""
+
+    def __init__(self, two_convs: bool):
+        super().__init__()
+        self.two_convs = two_convs
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.cv1 = nn.Conv2d(16, 32, 1)
+        self.cv0, self.cv1b = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 1)
+        self.m = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        self.cv2 = nn.Conv2d(48, 32, 1)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = [self.cv0(x), self.cv1b(x)] if self.two_convs else list(self.cv1(x).chunk(2, 1))
+        y.append(y[-1] + self.m(y[-1]))
+        return self.fc(self.cv2(torch.cat(y, 1)).mean((2, 3)))
+
+
+class PartialConv(nn.Module):
+    """FasterNet's partial conv written as an in-place write to a channel slice."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.mlp = nn.Sequential(nn.Conv2d(32, 64, 1), nn.ReLU(), nn.Conv2d(64, 32, 1))
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = x.clone()
+        y[:, :8] = self.conv(x[:, :8])
+        return self.fc((x + self.mlp(y)).mean((2, 3)))
+
+
+def test_a_split_concatenated_again_says_why_it_breaks_and_the_rewrite_is_pruned():
+    """A C2f's chunked stream was left dense with a bare "IndexError: index 48 is out of bounds"; the reason
+    now says what Torch-Pruning gets wrong and which rewrite it prunes (every group, checked here)."""
+    x = torch.zeros(1, 3, 8, 8)
+    graph = GroupGraph(CrossStagePartial(two_convs=False).eval(), x, verify=True)
+    (stream,) = [s for s in graph.skipped if s.reason.startswith("pruning breaks the model")]
+    assert stream.reason.endswith("(its channels pass a split whose parts are concatenated again, as in YOLOv8's C2f "
+                                  "or Res2Net, and Torch-Pruning maps the concat's offsets wrongly there; where the "
+                                  "split cuts one conv's output in two, two convs in its place are pruned)")
+    rewritten = GroupGraph(CrossStagePartial(two_convs=True).eval(), x, verify=True)
+    assert rewritten.skipped == [] and {"cv0", "cv1b", "m.0", "stem"} <= {g.name for g in rewritten.groups}
+
+
+def test_an_in_place_write_to_a_channel_slice_says_so():
+    graph = GroupGraph(PartialConv().eval(), torch.zeros(1, 3, 8, 8), verify=True)
+    (stream,) = [s for s in graph.skipped if s.reason.startswith("pruning breaks the model")]
+    assert stream.reason.endswith("(its channels are written in place through a slice, `x[:, :k] = ...`, which "
+                                  "Torch-Pruning does not follow)")
+    assert "mlp.0" in {g.name for g in graph.groups}  # the MLP's hidden width never passes the slice
