@@ -387,3 +387,33 @@ def test_a_conv_called_several_times_is_timed_over_all_its_calls():
                          OneEntry(), lambda widths: b"")
     coordinate = shared["shared.0"].cost_coordinate()
     assert curves["shared.0"](coordinate) == pytest.approx(0.3) and curves["twin"](coordinate) == pytest.approx(0.1)
+
+
+class _SharedAcrossScales(torch.nn.Module):
+    """A head shared across two scales (as detection heads are across pyramid levels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.head = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        both = self.head(x).mean((2, 3)) + self.head(torch.nn.functional.max_pool2d(x, 2)).mean((2, 3))
+        return self.fc(both)
+
+
+def test_a_module_called_on_several_shapes_keeps_its_own_cache_key():
+    """Its per-call time is an average over its shapes: under the first call's signature it would
+    read as a 16->16 conv at 8x8 to every other model sharing that cache entry."""
+    from deploycompress.graph import GroupGraph
+    from deploycompress.latency.table import find_operators
+
+    graph = GroupGraph(_SharedAcrossScales().eval(), torch.zeros(1, 3, 8, 8))
+    head = {op.name: op for op in find_operators(graph, batch=1)}["head"]
+    assert head.calls == 2
+    assert head.signature.spatial_in == (8, 8, 4, 4) and head.signature.spatial_out == (8, 8, 4, 4)
+    assert head.signature.key() != OpSignature("conv", 1, 16, 16, (8, 8), (8, 8), (3, 3), 1).key()
+    assert widths_signature(head, {"head": 4}).spatial_in == (8, 8, 4, 4)
+

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -237,7 +237,7 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
             output = output[0]  # nn.MultiheadAttention returns (output, weights), a recurrent layer (output, state)
         if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
             shapes.setdefault(module, (inputs[0], output))
-            calls[module] = calls.get(module, 0) + 1
+            calls.setdefault(module, []).append((inputs[0], output))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (*CONVOLUTIONS, nn.Linear, nn.MultiheadAttention, *recurrent.RECURRENT))]
@@ -268,11 +268,18 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
     operators = []
     for module, (inp, out) in shapes.items():
         sig = _signature(module, inp, out, batch)
+        if sig is not None and len({_signature(module, *call, batch) for call in calls[module]}) > 1:
+            # One module called on several shapes (a head shared across pyramid levels): its per-call
+            # time is an average over them, kept under a key of its own, not the first call's signature
+            # that other models read from the cache.
+            every = [_signature(module, *call, batch) for call in calls[module]]
+            sig = replace(sig, spatial_in=tuple(d for c in every for d in c.spatial_in),
+                          spatial_out=tuple(d for c in every for d in c.spatial_out))
         if sig is not None:
             out_ratio = 0.5 if isinstance(module, recurrent.RECURRENT) and module.bidirectional else 1.0
             operators.append(Operator(names[module], sig, sorted(in_groups.get(module, ())),
                                       sorted(out_groups.get(module, ())), in_ratio.get(module, {}), out_ratio,
-                                      calls[module]))
+                                      len(calls[module])))
     for group in graph.groups:
         if group.kind == "heads" and group.attention in shapes:
             query = shapes[group.attention][0]
