@@ -297,6 +297,7 @@ class GroupGraph:
             return i
 
         coupled = self._union_split_partners(group, channels, parent, find)
+        coupled = _union_pixel_blocks(group, parent, find) or coupled
         found = None
         for item in group:
             module = item.dep.target.module
@@ -549,13 +550,35 @@ def _unfollowed_op_reason(group) -> str | None:
     if _passes_op(group, "GluBackward"):
         return ("it feeds F.glu / nn.GLU, whose halving Torch-Pruning does not follow (written as "
                 "`a, b = x.chunk(2, dim=1); a * torch.sigmoid(b)` it is pruned)")
-    # The same for a pixel shuffle (r*r channels become one) and its inverse: the trial fails on shapes
-    # alone, but with a bare "Given groups=1, weight of size [32, 20, 3, 3], expected input ... to have 20
-    # channels, but got 24" (an ESPCN-style upsampler).
-    if _passes_op(group, "PixelShuffleBackward", "PixelUnshuffleBackward"):
-        return ("it feeds a pixel shuffle (nn.PixelShuffle / nn.PixelUnshuffle), which folds r x r channels into "
-                "one and back; Torch-Pruning follows it as if each channel stayed one channel")
+    # The same for a pixel unshuffle (one channel becomes r*r; tp_fixes maps the shuffle): the trial fails
+    # on shapes alone, but with a bare "Given groups=1, weight of size ..., expected input ... to have 20
+    # channels, but got 24".
+    if _passes_op(group, "PixelUnshuffleBackward"):
+        return ("it feeds a pixel unshuffle (nn.PixelUnshuffle), which spreads each channel over r x r; "
+                "Torch-Pruning follows it as if each channel stayed one channel")
     return None
+
+
+def _union_pixel_blocks(group, parent: list[int], find) -> bool:
+    """Unions the root channels a pixel shuffle folds into one channel (tp_fixes maps input channel i to
+    output channel i // r^2): an ESPCN upsampler's conv keeps or loses whole blocks of r^2, or the
+    shuffle's input stops dividing by r^2. DepGraph lists one root channel per output channel, so the
+    blocks are taken where the shuffle reads the root's channels as they are (each listed root r at
+    r // r^2); True when any were unioned."""
+    unioned = False
+    for item in group:
+        stride = tp_fixes.pixel_shuffle_factor(item.dep.target)
+        if stride is None or item.root_idxs is None:
+            continue
+        pairs = list(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs)))
+        if any(idx != root // stride for idx, root in pairs) or max(r for _, r in pairs) >= len(parent):
+            continue  # something between the root and the shuffle moves channels: the trial decides
+        for idx, _ in pairs:
+            block = range(idx * stride, min((idx + 1) * stride, len(parent)))
+            for r in block[1:]:
+                parent[find(r)] = find(block[0])
+                unioned = True
+    return unioned
 
 
 def _unfollowed_mapping_note(group: ChannelGroup, reason: str) -> str:

@@ -14,6 +14,11 @@ either side, and where it infers no width past the view (0, e.g. ShuffleNet's ch
 `x.view(b, groups, c // groups, h, w)`) the ratio divides by zero and the whole trace fails. That view
 keeps its default one-to-one mapping instead: every group through it is still test-pruned on a copy
 (GroupGraph._verify), which leaves a group the mapping gets wrong dense, with its reason.
+
+Pixel shuffle: Torch-Pruning 1.6 has no mapping for nn.PixelShuffle and keeps it one-to-one, so a
+super-resolution upsampler's conv (r x r channels for each channel after the shuffle) broke every trial.
+Its input channel i is output channel i // r^2 (Torch-Pruning's flatten mapping with that stride), and
+back; GroupGraph makes the r^2 input channels of one output channel a unit.
 """
 from __future__ import annotations
 
@@ -53,10 +58,38 @@ def _guarded_reshape_mapping(original):
     return update_reshape_index_mapping
 
 
+def pixel_shuffle_factor(node) -> int | None:
+    """r^2 for a DepGraph node traced from nn.PixelShuffle / F.pixel_shuffle, else None."""
+    grad_fn = getattr(node, "grad_fn", None)
+    if type(grad_fn).__name__.startswith("PixelShuffleBackward"):
+        return int(grad_fn._saved_upscale_factor) ** 2
+    return None
+
+
+def _with_pixel_shuffle_mapping(original):
+    def update_index_mapping(graph) -> None:
+        original(graph)
+        for node in graph.module2node.values():
+            stride = pixel_shuffle_factor(node)
+            if stride is None:
+                continue
+            for source in node.inputs:  # the producer's channel i is the shuffle's output channel i // r^2
+                for dep in source.dependencies:
+                    if dep.target is node:
+                        dep.index_mapping[0] = index_mapping._FlattenIndexMapping(stride=stride, reverse=True)
+            for dep in node.dependencies:  # and back: output channel u is the producer's u r^2 ... u r^2 + r^2 - 1
+                if dep.target in node.inputs:
+                    dep.index_mapping[0] = index_mapping._FlattenIndexMapping(stride=stride, reverse=False)
+    update_index_mapping._pixel_shuffle = True
+    return update_index_mapping
+
+
 def apply() -> None:
     reshape_mapping = index_mapping.update_reshape_index_mapping
     if not getattr(reshape_mapping, "_guarded", False):
         index_mapping.update_reshape_index_mapping = _guarded_reshape_mapping(reshape_mapping)
+    if not getattr(index_mapping.update_index_mapping, "_pixel_shuffle", False):
+        index_mapping.update_index_mapping = _with_pixel_shuffle_mapping(index_mapping.update_index_mapping)
     pruner = function.PrunerBox[tp.ops.OPTYPE.LN]
     if getattr(pruner, "_sorted_keep", False):
         return

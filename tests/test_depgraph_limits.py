@@ -109,16 +109,39 @@ class SuperResolution(nn.Module):
         return self.tail(self.up(self.head(x)))
 
 
-def test_a_group_into_a_pixel_shuffle_is_left_dense_with_its_reason():
-    """Torch-Pruning maps a pixel shuffle as elementwise; the trial failed on shapes with a bare
-    "Given groups=1, weight of size ..." line. The conv before the output's pixel shuffle is the output
-    layer (its 12 channels are the output's 3 at twice the size), not a group that breaks."""
-    graph = GroupGraph(SuperResolution().eval(), torch.zeros(1, 3, 8, 8), verify=True)
-    skipped = {s.name: s.reason for s in graph.skipped}
-    assert skipped == {"up.0": "it feeds a pixel shuffle (nn.PixelShuffle / nn.PixelUnshuffle), which folds r x r "
-                               "channels into one and back; Torch-Pruning follows it as if each channel stayed one channel"}
-    assert graph.output_names == ["tail.0"]
-    assert [g.name for g in graph.groups] == ["head.0"]
+def test_a_conv_into_a_pixel_shuffle_is_pruned_in_blocks_of_r_squared():
+    """Torch-Pruning maps a pixel shuffle one-to-one; every trial of the upsampler broke ("Given groups=1,
+    weight of size [32, 20, 3, 3], expected input ... to have 20 channels, but got 24") and it was left
+    dense. tp_fixes maps input channel i to output channel i // 4, and a unit is the 4 channels of one
+    output channel. The conv before the output's pixel shuffle is the output layer (its 12 channels are
+    the output's 3 at twice the size), not a group."""
+    import copy
+
+    from deploycompress.graph import apply_plan
+
+    model = SuperResolution().eval()
+    example = torch.zeros(1, 3, 8, 8)
+    graph = GroupGraph(model, example, verify=True)
+    assert graph.skipped == [] and graph.output_names == ["tail.0"]
+    assert {g.name for g in graph.groups} == {"head.0", "up.0"}
+    assert graph["up.0"].units == [[4 * u, 4 * u + 1, 4 * u + 2, 4 * u + 3] for u in range(16)]
+    plan = {"head.0": list(range(0, 32, 2)), "up.0": [0, 3, 5, 6, 9, 10, 14]}
+    x = torch.randn(2, 3, 8, 8)
+    masks = ChannelMasks(graph, plan)
+    with torch.no_grad():
+        masked = model(x)
+    masks.remove()
+    pruned = apply_plan(copy.deepcopy(model), example, plan)
+    assert pruned.up[0].out_channels == 4 * 7 and pruned.tail[0].in_channels == 7
+    with torch.no_grad():
+        assert torch.allclose(masked, pruned(x), atol=1e-5)
+
+
+def test_a_group_into_a_pixel_unshuffle_is_left_dense_with_its_reason():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.PixelUnshuffle(2), nn.Conv2d(32, 4, 1)).eval()
+    graph = GroupGraph(model, torch.zeros(1, 3, 8, 8), verify=True)
+    assert graph.groups == [] and [s.name for s in graph.skipped] == ["0"]
+    assert graph.skipped[0].reason.startswith("it feeds a pixel unshuffle (nn.PixelUnshuffle)")
 
 
 @pytest.mark.parametrize("last", [nn.Softmax(dim=1), nn.Sigmoid(), nn.BatchNorm1d(10)])

@@ -263,8 +263,9 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
                     in_groups.setdefault(module, set()).add(group.name)  # depthwise: input follows output
             elif graph.dg.is_in_channel_pruning_fn(dep.handler):
                 in_groups.setdefault(module, set()).add(group.name)
-                if root_channels and len(idxs) != root_channels:
-                    in_ratio.setdefault(module, {})[group.name] = len(idxs) / root_channels
+                seen = len({int(i) for i in idxs})  # behind a pixel shuffle r^2 root channels share one input
+                if root_channels and seen != root_channels:
+                    in_ratio.setdefault(module, {})[group.name] = seen / root_channels
     operators = []
     for module, (inp, out) in shapes.items():
         sig = _signature(module, inp, out, batch)
