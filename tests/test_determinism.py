@@ -179,8 +179,12 @@ def test_an_overshoot_says_why_and_which_setting_offers_the_widths_between(monke
     line = _coarse_widths_text(over)
     assert "landed in [2x, 2.20x]" in line and "steps of 16 channels" in line and "channel_multiple = 8" in line
     over["channel_multiple_source"] = "the runtime's channel block"  # finer widths run at the block's speed
+    over["search"] = {"candidates": [{"speedup": 1.84}, {"speedup": 3.42}]}
     line = _coarse_widths_text(over)
     assert "blocks of 16" in line and "channel_multiple =" not in line
+    over["search"]["candidates"].append({"speedup": 2.12})  # the search measured one inside: no such claim
+    assert _coarse_widths_text(over) is None
+    del over["search"]
     over["channel_multiple"] = 1  # nothing finer to offer
     assert _coarse_widths_text(over) is None
     inside, _, _ = profile_with(monkeypatch, tmp_path, [comparison(2.1, (2.05, 2.15))])
