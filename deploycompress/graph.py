@@ -571,7 +571,7 @@ def _union_pixel_blocks(group, parent: list[int], find) -> bool:
         if stride is None or item.root_idxs is None:
             continue
         pairs = list(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs)))
-        if any(idx != root // stride for idx, root in pairs) or max(r for _, r in pairs) >= len(parent):
+        if not pairs or any(idx != root // stride or root >= len(parent) for idx, root in pairs):
             continue  # something between the root and the shuffle moves channels: the trial decides
         for idx, _ in pairs:
             block = range(idx * stride, min((idx + 1) * stride, len(parent)))
