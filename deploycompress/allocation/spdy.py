@@ -42,7 +42,7 @@ from .latency_model import LatencyModel, build_latency_model
 from .searched import global_family, uniform_family
 from .spdy_dp import coefficient_search, prunable_budget, quadratic_errors, solve_dp
 from .window import (  # noqa: F401 - level_widths, step_into_window and _level_step are this module's API too
-    BASELINE_STEPS, MAX_LEVELS, POLISH_STEPS, UNDER_WINDOW_CONFIRMS, _confirmed_under_window, _key, _level_step,
+    BASELINE_STEPS, MAX_LEVELS, POLISH_STEPS, _confirmed_under_window, _key, _level_step, confirm_closest,
     level_widths, loose_ceiling, may_ship_short_of_window, searched_baseline, step_into_window)
 
 CALIBRATION_STEPS = 8
@@ -162,15 +162,12 @@ def nearer_than_fallback(problem: AllocationProblem, fallback: tuple | None, his
     if fallback is not None and fallback[0] <= slack:
         return [], fallback
     limit = float("inf") if fallback is None else fallback[0]
-    latest = {_key(m.widths): m for m in history}
-    near = sorted((m for m in latest.values() if goal <= m.speedup < limit), key=lambda m: m.speedup)
     held, nearest = [], fallback
-    for m in near[:UNDER_WINDOW_CONFIRMS]:
-        speedup = confirm(m.widths)
+    for speedup, widths in confirm_closest(history, goal, limit, goal, confirm):  # above the goal: slowest first
         if goal <= speedup <= slack:
-            held.append((speedup, None, m.widths))
+            held.append((speedup, None, widths))
         elif slack < speedup < (limit if nearest is None else nearest[0]):
-            nearest = (speedup, None, m.widths)
+            nearest = (speedup, None, widths)
     return held, nearest
 
 
@@ -473,7 +470,7 @@ class SPDY(AllocationPolicy):
         search_baselines()
         finalists: list[dict] = []
         chosen_by = None
-        fallback = final if final is not None else best
+        final = fallback = final if final is not None else best  # none landed at any aim tried: the first
         if not accepted:
             held, nearest = nearer_than_fallback(problem, fallback, problem.meter.history,
                                                  lambda w: measure(w, None, "nearer than the fallback", confirm=True))
@@ -481,14 +478,13 @@ class SPDY(AllocationPolicy):
                 accepted.append(entry)
                 sources.setdefault(_key(entry[2]), "above the window, within the slack")
             above = "nothing above it" if fallback is None else f"the nearest above it measured {fallback[0]:.2f}x"
+            missed = f"spdy: no plan landed in the window [{goal:.2f}x, {ceiling:.2f}x] and {above}"
             if held:
-                problem.notes.append(f"spdy: no plan landed in the window [{goal:.2f}x, {ceiling:.2f}x] and "
-                                     f"{above}; {len(held)} plan(s) confirmed between the window's goal and "
+                problem.notes.append(f"{missed}; {len(held)} plan(s) confirmed between the window's goal and "
                                      f"{loose_ceiling(problem):.2f}x (inside the allowed {problem.allowance:.2f}x) "
                                      "are the candidates instead")
             elif nearest is not fallback:
-                problem.notes.append(f"spdy: no plan landed in the window [{goal:.2f}x, {ceiling:.2f}x] and "
-                                     f"{above}; the least-overshooting plan measured, confirmed at "
+                problem.notes.append(f"{missed}; the least-overshooting plan measured, confirmed at "
                                      f"{nearest[0]:.2f}x, is the one above the window instead")
                 sources.setdefault(_key(nearest[2]), "above the window, the least overshooting measured")
                 final = nearest
@@ -497,8 +493,6 @@ class SPDY(AllocationPolicy):
                 (lambda w, repeat: problem.finetuned_loss(problem.plan_from_widths(w), repeat))
             final, chosen_by, finalists = choose_plan(accepted, sources, loss_of, finetuned, problem.finalist_repeats)
         else:
-            if final is None:  # the searched shape would not meet the target at any aim tried: keep the first
-                final = best
             inside = short_of_window(problem, final, confirmed.values())
             if inside is not None:
                 final = inside

@@ -254,6 +254,16 @@ def _search_baseline(problem: AllocationProblem, family: Callable[[float], dict[
     return AllocationResult(problem.plan_from_widths(widened), speedup, details=found.details)
 
 
+def confirm_closest(measured: list, low: float, high: float, goal: float,
+                    confirm: Callable[[dict[str, int]], float]) -> list[tuple[float, dict[str, int]]]:
+    """The plans measured in [low, high) (each plan's latest figure), closest to `goal` first, at most
+    UNDER_WINDOW_CONFIRMS of them, measured again by `confirm`: [(confirmed speedup, widths)]. A search
+    figure is a short one; what ships must hold in the longer confirming measurement."""
+    latest = {_key(m.widths): m for m in measured}
+    near = sorted((m for m in latest.values() if low <= m.speedup < high), key=lambda m: abs(m.speedup - goal))
+    return [(confirm(m.widths), m.widths) for m in near[:UNDER_WINDOW_CONFIRMS]]
+
+
 def _confirmed_under_window(problem: AllocationProblem, nearest_above: float | None, measured: list,
                             confirm: Callable[[dict[str, int]], float] | None = None
                             ) -> tuple[float, dict[str, int]] | None:
@@ -271,7 +281,5 @@ def _confirmed_under_window(problem: AllocationProblem, nearest_above: float | N
 
     confirm = confirm or meter_confirm
     goal, ceiling = problem.window
-    latest = {_key(m.widths): m for m in measured}
-    short = sorted((m for m in latest.values() if problem.target <= m.speedup < goal), key=lambda m: -m.speedup)
-    confirmed = [(confirm(m.widths), m.widths) for m in short[:UNDER_WINDOW_CONFIRMS]]
+    confirmed = confirm_closest(measured, problem.target, goal, goal, confirm)  # under the goal: fastest first
     return max((c for c in confirmed if problem.target <= c[0] <= ceiling), key=lambda c: c[0], default=None)
