@@ -229,14 +229,13 @@ def _linear_rows(leading: tuple | list, batch: int) -> tuple[int, ...]:
 
 def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
     """Every conv/linear with its real input shape (one forward pass) and the groups that size it."""
-    model, shapes, calls = graph.model, {}, {}
+    model, calls = graph.model, {}  # module -> (input, output) of each of its calls, in call order
     names = {m: n for n, m in model.named_modules()}
 
     def hook(module, inputs, output):
         if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
             output = output[0]  # nn.MultiheadAttention returns (output, weights), a recurrent layer (output, state)
         if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
-            shapes.setdefault(module, (inputs[0], output))
             calls.setdefault(module, []).append((inputs[0], output))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
@@ -267,23 +266,23 @@ def find_operators(graph: GroupGraph, batch: int) -> list[Operator]:
                 if root_channels and seen != root_channels:
                     in_ratio.setdefault(module, {})[group.name] = seen / root_channels
     operators = []
-    for module, (inp, out) in shapes.items():
-        sig = _signature(module, inp, out, batch)
-        if sig is not None and len({_signature(module, *call, batch) for call in calls[module]}) > 1:
+    for module, called in calls.items():
+        every = [_signature(module, *call, batch) for call in called]
+        sig = every[0]
+        if None not in every and len(set(every)) > 1:
             # One module called on several shapes (a head shared across pyramid levels): its per-call
             # time is an average over them, kept under a key of its own, not the first call's signature
             # that other models read from the cache.
-            every = [_signature(module, *call, batch) for call in calls[module]]
             sig = replace(sig, spatial_in=tuple(d for c in every for d in c.spatial_in),
                           spatial_out=tuple(d for c in every for d in c.spatial_out))
         if sig is not None:
             out_ratio = 0.5 if isinstance(module, recurrent.RECURRENT) and module.bidirectional else 1.0
             operators.append(Operator(names[module], sig, sorted(in_groups.get(module, ())),
                                       sorted(out_groups.get(module, ())), in_ratio.get(module, {}), out_ratio,
-                                      len(calls[module])))
+                                      len(called)))
     for group in graph.groups:
-        if group.kind == "heads" and group.attention in shapes:
-            query = shapes[group.attention][0]
+        if group.kind == "heads" and group.attention in calls:
+            query = calls[group.attention][0][0]
             mha = group.attention
             sequence = query.shape[1] if mha.batch_first and query.dim() == 3 else query.shape[0]
             sig = OpSignature("attention", batch, mha.num_heads, mha.num_heads, (int(sequence), mha.embed_dim),
