@@ -188,10 +188,9 @@ def load_weights(model: nn.Module, path: str | Path) -> str | None:
     return note
 
 
-def _strip_wrapper_prefix(state: dict, model: nn.Module) -> dict:
+def _strip_wrapper_prefix(state: dict, own: set[str]) -> dict:
     """Weights saved from nn.DataParallel/DistributedDataParallel carry a "module." prefix, and from a
-    torch.compile'd module "_orig_mod."."""
-    own = model.state_dict().keys()
+    torch.compile'd module "_orig_mod." (`own`: the model's state_dict keys)."""
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
             return {k[len(prefix):]: v for k, v in state.items()}
@@ -204,15 +203,15 @@ def _wrapped_model_entries(state: dict, model: nn.Module, path: Path) -> tuple[d
     the attribute it was assigned to ("model.f.0.0.weight"), often beside a loss's or a teacher's
     entries, and was refused with 'Missing key(s) in state_dict: "f.0.0.weight", ...'. Only a prefix
     under which the entries are exactly the model's is taken (one or two attribute levels deep)."""
-    state = _strip_wrapper_prefix(state, model)
     own = set(model.state_dict().keys())
+    state = _strip_wrapper_prefix(state, own)
     if set(state) == own:
         return state, None
     prefixes = {".".join(k.split(".")[:depth]) for k in state for depth in (1, 2) if k.count(".") >= depth}
     found = {}
     for prefix in sorted(prefixes):
         inner = _strip_wrapper_prefix({k[len(prefix) + 1:]: v for k, v in state.items()
-                                       if k.startswith(prefix + ".")}, model)
+                                       if k.startswith(prefix + ".")}, own)
         if set(inner) != own:
             continue
         if not any(all(inner[k] is other[k] for k in own) for other in found.values()):  # "model.", "model.module."
