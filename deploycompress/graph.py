@@ -38,7 +38,7 @@ import torch_pruning as tp
 from torch import nn
 
 from . import attention_heads, recurrent, tp_fixes
-from .model_outputs import output_modules, output_tensors  # noqa: F401 - output_modules is this module's API too
+from .model_outputs import output_modules, output_tensors
 from .errors import UserError, first_line
 from .masks import ChannelMasks
 
@@ -296,8 +296,11 @@ class GroupGraph:
                 i = parent[i]
             return i
 
-        coupled = self._union_split_partners(group, channels, parent, find)
-        coupled = _union_pixel_blocks(group, parent, find) or coupled
+        def union(a: int, b: int) -> None:
+            parent[find(a)] = find(b)
+
+        coupled = self._union_split_partners(group, channels, union)
+        coupled = _union_pixel_blocks(group, channels, union) or coupled
         found = None
         for item in group:
             module = item.dep.target.module
@@ -323,7 +326,7 @@ class GroupGraph:
                 by_offset.setdefault(int(idx) % block, []).append(int(root))
             for roots in by_offset.values():
                 for r in roots[1:]:
-                    parent[find(r)] = find(roots[0])
+                    union(r, roots[0])
         if found is None and not coupled:
             return None, None, None
         units: dict[int, list[int]] = {}
@@ -331,7 +334,7 @@ class GroupGraph:
             units.setdefault(find(c), []).append(c)
         return sorted(units.values(), key=lambda u: u[0]), found, None
 
-    def _union_split_partners(self, group, channels: int, parent: list[int], find) -> bool:
+    def _union_split_partners(self, group, channels: int, union) -> bool:
         """Unions the root channels Torch-Pruning removes together; True when any are coupled.
 
         A split that feeds one elementwise op with several of its parts (a GLU: `a, b = conv(x).chunk(2)`,
@@ -356,7 +359,7 @@ class GroupGraph:
         for c in range(channels):
             for p in removed_with([c]):
                 if p != c:
-                    parent[find(p)] = find(c)
+                    union(p, c)
                     coupled = True
         return coupled
 
@@ -543,7 +546,7 @@ def _passes_op(tp_group, *grad_fns: str) -> bool:
 
 def _unfollowed_op_reason(group) -> str | None:
     """Why a group that passes an op whose channel mapping Torch-Pruning does not follow cannot be pruned:
-    F.glu / nn.GLU, or a pixel shuffle. GLU halves the channels, and Torch-Pruning maps it as an
+    F.glu / nn.GLU, or a pixel unshuffle. GLU halves the channels, and Torch-Pruning maps it as an
     elementwise op (the same channels in and out), so its consumers would lose the wrong inputs. The
     verification trial may not notice: a removal that happens to take the same offsets from both halves
     is exact."""
@@ -559,7 +562,7 @@ def _unfollowed_op_reason(group) -> str | None:
     return None
 
 
-def _union_pixel_blocks(group, parent: list[int], find) -> bool:
+def _union_pixel_blocks(group, channels: int, union) -> bool:
     """Unions the root channels a pixel shuffle folds into one channel (tp_fixes maps input channel i to
     output channel i // r^2): an ESPCN upsampler's conv keeps or loses whole blocks of r^2, or the
     shuffle's input stops dividing by r^2. DepGraph lists one root channel per output channel, so the
@@ -571,12 +574,12 @@ def _union_pixel_blocks(group, parent: list[int], find) -> bool:
         if stride is None or item.root_idxs is None:
             continue
         pairs = list(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs)))
-        if not pairs or any(idx != root // stride or root >= len(parent) for idx, root in pairs):
+        if not pairs or any(idx != root // stride or root >= channels for idx, root in pairs):
             continue  # something between the root and the shuffle moves channels: the trial decides
         for idx, _ in pairs:
-            block = range(idx * stride, min((idx + 1) * stride, len(parent)))
+            block = range(idx * stride, min((idx + 1) * stride, channels))
             for r in block[1:]:
-                parent[find(r)] = find(block[0])
+                union(r, block[0])
                 unioned = True
     return unioned
 

@@ -29,7 +29,8 @@ from torch import nn
 
 from .errors import UserError
 from .fileio import write_json, write_text
-from .graph import module_names, output_modules
+from .graph import module_names
+from .model_outputs import output_modules
 from .research.tetris import block_prune_without_reordering, tetris
 from .training import predict
 
