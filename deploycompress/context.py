@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import data as data_mod
+from . import multi_output
 from .errors import UserError, first_line
 from .fileio import atomic_write
 from .graph import ChannelMasks, GroupGraph, Plan
@@ -346,6 +347,19 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
          f"(Torch-Pruning cannot prune them; the finetune trains the plain weights): {', '.join(baked)}"
          if baked else None)
     example, out, vocab = _example_input(dense, tuple(shape))
+    layout = multi_output.output_layout(out, len(example), f"--model {config.model}")
+    if layout is not None:
+        several = len(layout.names) > 1
+        if several and data is not None and data.has_labels:
+            raise UserError(f"--model {config.model} returns {len(layout.names)} outputs ({layout.describe()}) and "
+                            f"--data {config.data or data.name} has labels, which score one output: save the "
+                            "data's x alone (no y) and each output is distilled from the dense model")
+        multi_output.flatten_outputs(dense, layout)
+        note(f"forward returns {len(layout.names)} outputs ({layout.describe()}): each is distilled from the "
+             "dense model on its own, and the ONNX model returns them as outputs of their own" if several else
+             f"forward returns its output in a {type(out).__name__}: the ONNX model's output is named {layout.names[0]}")
+        with torch.no_grad():
+            out = dense(example)
     _check_batch_and_autograd(dense, example)
     if data is None:
         data = data_mod.random_data(tuple(shape), count=max(256, config.prune.calibration_samples), seed=config.seed,
@@ -355,15 +369,11 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     elif data.integer_inputs and data.x_train.max() > 1:
         note(f"x_train holds integers ({data.integer_inputs}), fed to the model as float32 as they are, "
              "not scaled: a model trained on [0, 1] inputs needs x / 255 saved instead (accuracy.dense shows it)")
-    if not isinstance(out, torch.Tensor):
-        # Training, distillation, the ONNX parity check and the accuracy all read one output tensor.
-        raise UserError(f"--model {config.model}: forward returns a {type(out).__name__}, not one tensor; "
-                        "deploycompress compresses a model whose forward returns its output tensor "
-                        "(wrap it to return the logits alone)")
-    if data.has_labels and out.dim() != 2:
+    if data.has_labels and (out.dim() != 2 or (layout is not None and len(layout.shapes[0]) != 1)):
         # The labels are one class per sample: cross-entropy, accuracy and the finalists' scores need (batch, classes).
+        returned = tuple(out.shape) if layout is None else (len(example), *layout.shapes[0])
         raise UserError(f"--model {config.model}: with labelled data the model must return class scores of shape "
-                        f"(batch, classes); it returns {tuple(out.shape)} (flatten them in forward)")
+                        f"(batch, classes); it returns {returned} (flatten them in forward)")
     if data.has_labels:
         top = int(max(data.y_train.max(), data.y_test.max()))
         if top >= out.shape[1]:

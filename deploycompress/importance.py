@@ -17,6 +17,7 @@ from torch import nn
 from . import recurrent
 from .graph import ChannelGroup, GroupGraph
 from .registry import Registry
+from .multi_output import layout_of
 from .training import distillation_losses
 
 
@@ -115,7 +116,7 @@ class Taylor(_TorchPruningCriterion):
             if scoring.labels is not None:
                 loss = F.cross_entropy(logits, scoring.labels[start:start + 64], reduction="sum")
             else:
-                loss = distillation_losses(logits, scoring.teacher_logits[start:start + 64]).sum()
+                loss = distillation_losses(logits, scoring.teacher_logits[start:start + 64], layout=layout_of(model)).sum()
             loss.backward()
         model.train(was_training)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import multi_output
+
 # Layers whose output channels a plan could remove: the ones an output layer has to be one of.
 CHANNEL_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
 
@@ -27,7 +29,8 @@ def output_modules(model: nn.Module, example_input: torch.Tensor) -> list[nn.Mod
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
-        with torch.no_grad():
+        # the user's own outputs, not their concatenation (multi_output.py), which no layer produces
+        with torch.no_grad(), multi_output.structured(model):
             was_training = model.training
             model.eval()
             out = model(example_input)

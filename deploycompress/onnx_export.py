@@ -18,6 +18,7 @@ import onnx
 import torch
 from torch import nn
 
+from . import multi_output
 from .errors import UserError, first_line
 
 OPSET = 17
@@ -61,19 +62,21 @@ def export_bytes(model: nn.Module, example_input: torch.Tensor, opset: int = OPS
     was_training = model.training
     model.eval()
     buffer = io.BytesIO()
+    # a model of several outputs exports them as its forward returns them, one ONNX output each
+    outputs = multi_output.output_names(model, OUTPUT_NAME)
     try:
-        with _quiet(), torch.no_grad(), _unfused_attention():
+        with _quiet(), torch.no_grad(), _unfused_attention(), multi_output.structured(model):
             try:
                 torch.onnx.export(model, (example_input,), buffer, dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                                  input_names=[INPUT_NAME], output_names=outputs,
+                                  dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
                                   do_constant_folding=True)
             except Exception as legacy:  # noqa: BLE001 - the legacy exporter cannot trace everything
                 buffer = io.BytesIO()
                 batch = torch.export.Dim("batch", min=1, max=4096)
                 try:
                     program = torch.onnx.export(model, (example_input,), dynamo=True, opset_version=max(opset, 18),
-                                                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                                input_names=[INPUT_NAME], output_names=outputs,
                                                 dynamic_shapes=({0: batch},), verbose=False)
                 except Exception as dynamo:  # noqa: BLE001 - both failed: the model's own error comes first
                     # (the dynamo exporter's is often only that onnxscript is not installed)
@@ -107,7 +110,9 @@ def max_abs_diff(model: nn.Module, session, inputs: torch.Tensor) -> float:
     input_name = session.get_inputs()[0].name
     # token ids stay int64, as the exported model takes them
     feed = inputs.numpy().astype(np.float32) if inputs.is_floating_point() else inputs.numpy()
-    actual = session.run(None, {input_name: feed})[0]
+    actual = session.run(None, {input_name: feed})
+    # several outputs: flattened per sample and concatenated, as the model's flat forward returns them
+    actual = actual[0] if len(actual) == 1 else np.concatenate([a.reshape(len(a), -1) for a in actual], 1)
     return float(np.abs(expected - actual).max())
 
 

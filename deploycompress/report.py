@@ -140,6 +140,11 @@ def _outputs_text(outputs: dict | None) -> str:
         return ""
     agreement = outputs.get("top1_agreement")
     text = f"; outputs vs dense on the {outputs['split']}: relative RMS error {outputs['relative_rms_error']:.1%}"
+    for each in outputs.get("per_output") or []:
+        error = each.get("relative_rms_error")
+        text += f"; {each['name']} {'n/a' if error is None else f'{error:.1%}'}"
+        if each.get("top1_agreement") is not None:
+            text += f" (top-1 agreement {each['top1_agreement']:.1f}%)"
     return text + ("" if agreement is None else f", top-1 agreement {agreement:.1f}%")
 
 

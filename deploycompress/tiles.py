@@ -31,6 +31,7 @@ from .errors import UserError
 from .fileio import write_json, write_text
 from .graph import module_names
 from .model_outputs import output_modules
+from .multi_output import layout_of
 from .research.tetris import block_prune_without_reordering, tetris
 from .training import predict
 
@@ -151,6 +152,10 @@ def tiles_report(dense: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor | 
                  prune_rate: float, ignore: str | None = None, calibration: torch.Tensor | None = None) -> dict:
     """Tile both ways and evaluate on the test split; `calibration` inputs re-estimate BatchNorm.
     The model's output layers stay dense, as in `run`: their rows are the classes."""
+    layout = layout_of(dense)
+    if layout is not None:  # its figure is top-1 agreement, across all outputs' values at once it means nothing
+        raise UserError(f"deploycompress tiles scores top-1 agreement with the dense model, a classifier's figure; "
+                        f"this model returns {len(layout.names)} outputs ({layout.describe()})")
     heads = {module_names(dense)[m] for m in output_modules(dense, x_test[:1])}
     layers, reordered, plain = tile_model(dense, block, prune_rate, ignore, heads)
     dense_top1 = predict(dense, x_test).argmax(1)

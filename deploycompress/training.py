@@ -10,6 +10,7 @@ from .progress import bar as progress_bar
 
 from .data import DataBundle
 from .errors import UserError
+from .multi_output import OutputLayout, layout_of, per_output
 
 
 @torch.no_grad()
@@ -25,11 +26,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> float
     return float((predict(model, x).argmax(1) == y).float().mean() * 100)
 
 
-def distillation_losses(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def distillation_losses(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+                        layout: OutputLayout | None = None) -> torch.Tensor:
     """Per sample: KL(teacher || student) on softened logits over dim 1 (every other dim summed), scaled
     by T^2 so gradients keep their size. Where a sample has one output (a regressor's (batch, 1) or
     (batch,)) the softmax of one value is 1 and the KL is 0 whatever the student computes: a search
-    ranked every plan at loss 0.0. There the squared error against the teacher's outputs stands in."""
+    ranked every plan at loss 0.0. There the squared error against the teacher's outputs stands in.
+    A model of several outputs (`layout`, multi_output.py) sums each output's loss, each in its shape."""
+    if layout is not None:
+        return per_output(layout, student, teacher, lambda s, t: distillation_losses(s, t, temperature))
     if _one_output(student):
         return (student - teacher).pow(2).reshape(len(student), -1).sum(1)
     t = temperature
@@ -41,11 +46,12 @@ def _one_output(scores: torch.Tensor) -> bool:
     return scores.dim() < 2 or scores.shape[1] == 1
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                      layout: OutputLayout | None = None) -> torch.Tensor:
     """The batch mean of `distillation_losses`. Class scores keep the finetune's batchmean KL as it was
     written before (the same sum in the same order, so finetunes reproduce bit for bit)."""
-    if _one_output(student_logits):
-        return distillation_losses(student_logits, teacher_logits, temperature).mean()
+    if layout is not None or _one_output(student_logits):
+        return distillation_losses(student_logits, teacher_logits, temperature, layout).mean()
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1),
                     reduction="batchmean") * t * t
@@ -105,7 +111,7 @@ def fit(
             if teacher is not None:
                 with torch.no_grad():
                     teacher_logits = teacher(x)
-                kd = distillation_loss(logits, teacher_logits, temperature)
+                kd = distillation_loss(logits, teacher_logits, temperature, layout_of(model))
                 loss = kd if y is None else distill_weight * kd + (1 - distill_weight) * F.cross_entropy(logits, y)
             elif y is not None:
                 loss = F.cross_entropy(logits, y)
@@ -120,7 +126,7 @@ def fit(
             total += float(loss.detach()) * len(x)
             count += len(x)
             bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            bar.set_postfix(loss=f"{total / count:.4g}")
         losses.append(total / max(count, 1))
     bar.close()
     model.eval()

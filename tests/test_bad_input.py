@@ -60,13 +60,14 @@ def not_a_module():
     return 42
 
 
-class Pair(Net):  # the logits and a feature map
+class WithLoss(Net):  # the logits and a batch loss, which is no per-sample output
     def forward(self, x):
-        return super().forward(x), x
+        logits = super().forward(x)
+        return logits, logits.pow(2).mean()
 
 
-def pair():
-    return Pair()
+def with_loss():
+    return WithLoss()
 
 
 class UnflattenedScores(Net):  # (batch, 10, 1, 1)
@@ -368,7 +369,8 @@ CASES = [
          r"--model .*model\.py: name the function in it that returns the model"),
     Case("factory-does-not-exist", lambda w: user(w) + ["--model", f"{w.root}/model.py:mkae"], r"no callable named 'mkae'"),
     Case("factory-raises", lambda w: user(w) + ["--model", f"{w.root}/model.py:boom"], r"factory .*:boom raised RuntimeError: factory exploded"),
-    Case("model-returns-a-tuple", lambda w: user(w) + ["--model", f"{w.root}/model.py:pair"], r"forward returns a tuple, not one tensor"),
+    Case("model-returns-a-loss-beside-its-output", lambda w: user(w) + ["--model", f"{w.root}/model.py:with_loss"],
+         r"output output_1 has shape \(\), not the batch \(1\) first"),
     Case("model-scores-not-flat", lambda w: user(w, "--data", w.root / "good.npz") + ["--model", f"{w.root}/model.py:unflattened"],
          r"must return class scores of shape \(batch, classes\); it returns \(1, 10, 1, 1\)"),
     Case("model-nothing-to-prune", lambda w: user(w) + ["--model", f"{w.root}/model.py:recurrent", "--finetune-epochs", "0"],

@@ -21,11 +21,12 @@ def _comparison(speedup: float) -> runtime.Comparison:
 @pytest.fixture()
 def ctx(tmp_path):
     torch.manual_seed(0)
-    blob = export_bytes(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval(), torch.zeros(1, 4))
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    blob = export_bytes(dense, torch.zeros(1, 4))
     (tmp_path / "dense.onnx").write_bytes(blob)
     (tmp_path / "model.onnx").write_bytes(blob)
     return SimpleNamespace(run_dir=tmp_path, config=SimpleNamespace(profile=ProfileConfig(), device="cpu", seed=0),
-                           report={}, data=SimpleNamespace(name="test", x_test=torch.zeros(2, 4), y_test=None))
+                           report={}, dense=dense, data=SimpleNamespace(name="test", x_test=torch.zeros(2, 4), y_test=None))
 
 
 def _script(monkeypatch, speedups: list[float]) -> list[float]:

@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from ..graph import ChannelGroup
 from ..importance import Criterion, ScoringContext, criteria, magnitude_scores
+from ..multi_output import layout_of
 from ..research.dcp import column_norms, layer_output, reconstruction_loss
 from .blocks import Block, prepare_blocks
 
@@ -160,6 +162,10 @@ class DCP(Criterion):
     """Greedy discrimination-aware selection order as scores: (C - position) / C, first pick = 1."""
 
     def prepare(self, scoring: ScoringContext) -> None:
+        layout = layout_of(scoring.model)
+        if layout is not None:  # the teacher's argmax over a class map and a box map together is no label
+            raise UserError(f"--importance dcp discriminates the classes of one output of class scores; this model "
+                            f"returns {len(layout.names)} outputs ({layout.describe()}): choose another criterion")
         x = scoring.calibration[:MAX_SAMPLES]
         self.blocks, self.inputs = prepare_blocks(scoring, "dcp", x)
         if scoring.labels is not None:

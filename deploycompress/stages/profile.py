@@ -6,29 +6,46 @@ import numpy as np
 from ..context import RunContext
 from ..gate import measurement_problem
 from ..latency import host, runtime
+from ..multi_output import OutputLayout, layout_of
 from .base import Stage
 
 
 def onnx_outputs(session, x) -> np.ndarray:
+    """The model's outputs on `x`; a model of several outputs gives them flattened per sample and
+    concatenated in the order of its ONNX outputs, as multi_output.py's flat forward does."""
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i:i + 256].numpy()})[0] for i in range(0, len(x), 256)])
+    batches = []
+    for i in range(0, len(x), 256):
+        outputs = session.run(None, {name: x[i:i + 256].numpy()})
+        batches.append(outputs[0] if len(outputs) == 1 else
+                       np.concatenate([o.reshape(len(o), -1) for o in outputs], 1))
+    return np.concatenate(batches)
 
 
 def accuracy_of(outputs: np.ndarray, y) -> float | None:
     return None if y is None else float((outputs.argmax(1) == y.numpy()).mean() * 100)
 
 
-def output_agreement(dense: np.ndarray, compressed: np.ndarray, split: str) -> dict:
+def output_agreement(dense: np.ndarray, compressed: np.ndarray, split: str, layout: OutputLayout | None = None) -> dict:
     """How far the compressed model's outputs are from the dense model's on the same inputs: the one
     quality figure a model without labels has (a regressor, an autoencoder, a data-free run), and for a
-    classifier how often the two agree on the top class."""
+    classifier how often the two agree on the top class. A model of several outputs (`layout`) gets
+    each output's figures too: one error over a class map and a box map together hides the box map's."""
+    if layout is not None and len(layout.names) == 1:  # one output in a dict: its figures are the model's
+        layout = None
     dense64, compressed64 = dense.astype(np.float64), compressed.astype(np.float64)
     scale = float(np.sqrt(np.mean(dense64 ** 2)))
     error = float(np.sqrt(np.mean((compressed64 - dense64) ** 2)))
-    classes = dense.ndim >= 2 and dense.shape[1] >= 2
-    return {"split": split, "samples": int(len(dense)),
-            "relative_rms_error": error / scale if scale > 0 else None,
-            "top1_agreement": float((dense.argmax(1) == compressed.argmax(1)).mean() * 100) if classes else None}
+    classes = layout is None and dense.ndim >= 2 and dense.shape[1] >= 2
+    agreement = {"split": split, "samples": int(len(dense)),
+                 "relative_rms_error": error / scale if scale > 0 else None,
+                 "top1_agreement": float((dense.argmax(1) == compressed.argmax(1)).mean() * 100) if classes else None}
+    if layout is not None:
+        agreement["per_output"] = [
+            {"name": name, "shape": list(shape), **{k: v for k, v in output_agreement(d, c, split).items()
+                                                    if k in ("relative_rms_error", "top1_agreement")}}
+            for name, shape, d, c in zip(layout.names, layout.shapes, layout.split(dense), layout.split(compressed))]
+    return agreement
 
 
 # A verdict needs the 95% interval of the speedup to be narrower than this fraction of the median;
@@ -104,7 +121,7 @@ class ProfileStage(Stage):
         ctx.report["accuracy"] = {"dense": accuracy_of(dense_out, ctx.data.y_test),
                                   "compressed": accuracy_of(compressed_out, ctx.data.y_test)}
         split = "random inputs" if ctx.data.name == "random" else "test split"
-        ctx.report["outputs"] = output_agreement(dense_out, compressed_out, split)
+        ctx.report["outputs"] = output_agreement(dense_out, compressed_out, split, layout_of(ctx.dense))
 
     @staticmethod
     def _measure(dense, compressed, feed, cfg, attempts: list[dict]):

@@ -24,6 +24,7 @@ from ..allocation.sap import layer_pqi
 from ..importance import ScoringContext, criterion_scorer
 from .. import recurrent
 from ..latency import profiler, runtime
+from ..multi_output import layout_of
 from ..training import distillation_losses, predict
 from .base import Stage
 from .finetune import (finetune_epochs, finetune_round_fn, record_pqi_after, regularize_before_scoring,
@@ -58,7 +59,7 @@ def _loss_objective(ctx: RunContext, x: torch.Tensor, labels: torch.Tensor | Non
         if labels is not None:
             errors = (logits.argmax(1) != labels).float()
             return loss_weight * F.cross_entropy(logits, labels, reduction="none") + error_weight * errors
-        return distillation_losses(logits, teacher)
+        return distillation_losses(logits, teacher, layout=layout_of(ctx.dense))
 
     return objective
 
