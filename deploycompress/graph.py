@@ -37,7 +37,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import attention_heads, recurrent, tp_fixes
+from . import attention_heads, frozen_norm, recurrent, tp_fixes
 from .model_outputs import output_modules, output_tensors
 from .errors import UserError, first_line
 from .masks import ChannelMasks
@@ -148,7 +148,9 @@ class GroupGraph:
                 inputs = (example_input,) if tracing else example_input
                 try:
                     self.dg = tp.DependencyGraph().build_dependency(
-                        model, example_inputs=inputs, customized_pruners={t: pruner for t in recurrent.RECURRENT})
+                        model, example_inputs=inputs,
+                        customized_pruners={**{t: pruner for t in recurrent.RECURRENT},
+                                            **frozen_norm.customized_pruners(model)})
                 except Exception as exc:  # noqa: BLE001 - the forward itself already ran (context.py): DepGraph failed
                     raise UserError(f"Torch-Pruning could not trace the model's channel dependencies "
                                     f"({type(exc).__name__}: {first_line(exc, 120)}); --debug shows where") from exc
@@ -593,7 +595,8 @@ def _unfollowed_mapping_note(group: ChannelGroup, reason: str) -> str:
     they were its 128 channels). A split whose parts are concatenated again (YOLOv8's C2f, Res2Net,
     FasterNet's partial conv): the concat's offsets come out wrong (Torch-Pruning's own YOLOv8 example
     replaces C2f's chunked conv with two convs, which are pruned here too). An in-place write to a channel
-    slice (`x[:, :k] = conv(x[:, :k])`): not followed at all."""
+    slice (`x[:, :k] = conv(x[:, :k])`): not followed at all. A reshape to sizes written in forward (a
+    timm-style qkv split into heads): the trial's bare "shape '[2, 65, 3, 3, 64]' is invalid"."""
     if not reason.startswith("pruning breaks the model"):
         return ""
     if "IndexError" in reason and _passes_op(group.tp_group, "TransposeBackward", "PermuteBackward"):
@@ -607,6 +610,10 @@ def _unfollowed_mapping_note(group: ChannelGroup, reason: str) -> str:
     if _passes_op(group.tp_group, "torch::autograd::CopySlices"):
         return (" (its channels are written in place through a slice, `x[:, :k] = ...`, which Torch-Pruning does "
                 "not follow)")
+    if "is invalid for input of size" in reason:
+        return (" (forward reshapes these channels to sizes fixed in the code, as a timm-style attention splits "
+                "its qkv Linear into heads with reshape(B, N, 3, heads, C // heads); those sizes do not shrink "
+                "with the channels. Attention written with nn.MultiheadAttention has its heads pruned whole)")
     return ""
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import attention_heads, recurrent
+from . import attention_heads, frozen_norm, recurrent
 
 if TYPE_CHECKING:
     from .graph import GroupGraph
@@ -68,6 +68,8 @@ def _output_width(module: nn.Module) -> int | None:
             return int(getattr(module, attr))
     if isinstance(module, nn.LayerNorm):
         return int(module.normalized_shape[-1])
+    if frozen_norm.is_frozen_norm(module):  # its shift would add the removed channels back, as a BatchNorm's
+        return frozen_norm.channels(module)
     return None
 
 

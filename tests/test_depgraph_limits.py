@@ -10,7 +10,7 @@ import torch_pruning as tp
 from torch import nn
 
 from conftest import assert_meets_target
-from test_architectures import assert_loads_as_the_shipped_model
+from test_architectures import assert_loads_as_the_shipped_model, assert_masked_equals_pruned
 from deploycompress.errors import UserError
 from deploycompress.graph import GroupGraph
 from deploycompress.masks import ChannelMasks
@@ -212,3 +212,59 @@ def test_an_in_place_write_to_a_channel_slice_says_so():
     assert stream.reason.endswith("(its channels are written in place through a slice, `x[:, :k] = ...`, which "
                                   "Torch-Pruning does not follow)")
     assert "mlp.0" in {g.name for g in graph.groups}  # the MLP's hidden width never passes the slice
+
+
+class QkvAttention(nn.Module):
+    """timm's Attention: one qkv Linear, split into heads by a reshape whose sizes forward fixes."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = x + self.proj((q @ k.transpose(-2, -1)).softmax(-1).matmul(v).transpose(1, 2).reshape(b, n, c))
+        return self.head((x + self.mlp(x)).mean(1))
+
+
+def test_a_qkv_split_into_heads_by_a_fixed_reshape_says_so():
+    graph = GroupGraph(QkvAttention().eval(), torch.zeros(1, 6, 32), verify=True)
+    (qkv,) = [s for s in graph.skipped if s.name == "qkv"]
+    assert "is invalid for input of size" in qkv.reason
+    assert qkv.reason.endswith("those sizes do not shrink with the channels. Attention written with "
+                               "nn.MultiheadAttention has its heads pruned whole)")
+    assert "mlp.0" in {g.name for g in graph.groups}  # the MLP's hidden width is pruned
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """torchvision.ops.FrozenBatchNorm2d: statistics and affine as buffers (detection backbones)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self.register_buffer(name, torch.randn(n).abs() + 0.5 if name != "bias" else torch.randn(n))
+
+    def forward(self, x):
+        scale = self.weight * (self.running_var + 1e-5).rsqrt()
+        return x * scale.reshape(1, -1, 1, 1) + (self.bias - self.running_mean * scale).reshape(1, -1, 1, 1)
+
+
+def test_a_frozen_batch_norm_is_pruned_with_its_conv():
+    """Torch-Pruning prunes parameters only, so a norm whose statistics are buffers kept every channel and
+    every trial broke ("The size of tensor a (48) must match the size of tensor b (64)")."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), FrozenBatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 8, 3, padding=1), FrozenBatchNorm2d(8), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    example = torch.zeros(1, 3, 6, 6)
+    graph = GroupGraph(model, example, verify=True)
+    assert graph.skipped == [] and [(g.name, g.members) for g in graph.groups] == [
+        ("3", ["3", "4", "7"]), ("0", ["0", "1", "3"])]
+    x = torch.randn(4, 3, 6, 6)
+    pruned = assert_masked_equals_pruned(model, graph, example, {"0": [1, 4, 9, 15], "3": [0, 2, 5]}, x)
+    assert pruned[1].running_mean.shape == (4,) and pruned[4].weight.shape == (3,)
+    assert pruned[1].running_mean.tolist() == model[1].running_mean[[1, 4, 9, 15]].tolist()
