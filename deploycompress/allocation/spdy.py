@@ -460,7 +460,7 @@ class SPDY(AllocationPolicy):
         rng = np.random.default_rng(problem.seed)
         search = coefficient_search(len(groups), score, rng, initial_draws=min(100, max(1, evaluations // 2)),
                                     max_evaluations=evaluations, seeds=list(seeds.values()),
-                                    on_step=lambda n, s: (progress.update(1), progress.set_postfix(loss=f"{s:.4f}")))
+                                    on_step=lambda n, s: (progress.update(1), progress.set_postfix(loss=f"{s:.4g}")))
         progress.close()
         seed_plans = {}
         for label, seed in seeds.items():
