@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from . import multi_output
+from . import multi_output, synthetic_data
+from .allocation.base import model_digest
 from .errors import UserError, first_line
 from .fileio import atomic_write
 from .graph import ChannelMasks, GroupGraph, Plan
@@ -364,6 +365,15 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     if data is None:
         data = data_mod.random_data(tuple(shape), count=max(256, config.prune.calibration_samples), seed=config.seed,
                                     vocab=vocab)
+        budget = config.prune.synthetic_budget_s
+        cache = None  # hashing the weights only where inputs are synthesised
+        if budget > 0 and synthetic_data.trained_norms(dense):
+            cache = (loading.cache_dir() / "synthetic" / f"{model_digest(dense, data.x_train[:1])}-seed{config.seed}"
+                     f"-budget{budget:g}-count{len(data.x_train) + len(data.x_test)}.pt")
+        synthesised = synthetic_data.synthesize(dense, data, budget, config.seed, cache)
+        if synthesised is not None:
+            data, line = synthesised
+            note(line)
     elif vocab is not None:
         data = data_mod.as_token_ids(data, vocab, f"--data {config.data or data.name}")
     elif data.integer_inputs and data.x_train.max() > 1:

@@ -166,10 +166,12 @@ def summary_lines(report: dict) -> list[str]:
         + (f"; channels in multiples of {report['channel_multiple']} ({report['channel_multiple_source']})"
            if report.get("channel_multiple") else ""),
     ]
-    if report.get("data") == "random":
+    if report.get("data") in ("random", "synthetic"):
         # The one thing a data-free run cannot say is how the model does on real inputs, and it can be far
         # worse than the random-input figures suggest (README, "Without --data").
-        lines.append("data      none: the plan was chosen, and BatchNorm re-estimated, on random inputs, and the "
+        inputs = ("inputs synthesised to give its BatchNorms their trained statistics"
+                  if report["data"] == "synthetic" else "random inputs")
+        lines.append(f"data      none: the plan was chosen, and BatchNorm re-estimated, on {inputs}, and the "
                      "outputs above are compared on them; samples of real inputs (--data with x alone, no labels "
                      "needed) choose and check the plan on what the model will see")
     coarse = _coarse_widths_text(report)

@@ -120,7 +120,7 @@ class ProfileStage(Stage):
         dense_out, compressed_out = onnx_outputs(dense, ctx.data.x_test), onnx_outputs(compressed, ctx.data.x_test)
         ctx.report["accuracy"] = {"dense": accuracy_of(dense_out, ctx.data.y_test),
                                   "compressed": accuracy_of(compressed_out, ctx.data.y_test)}
-        split = "random inputs" if ctx.data.name == "random" else "test split"
+        split = {"random": "random inputs", "synthetic": "synthesised inputs"}.get(ctx.data.name, "test split")
         ctx.report["outputs"] = output_agreement(dense_out, compressed_out, split, layout_of(ctx.dense))
 
     @staticmethod
