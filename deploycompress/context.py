@@ -304,6 +304,22 @@ def calibration_count(dense: nn.Module, data: data_mod.DataBundle, config: RunCo
                    "such passes")
 
 
+def _data_free_inputs(dense: nn.Module, shape: tuple[int, ...], vocab: int | None,
+                      config: RunConfig) -> tuple[data_mod.DataBundle, str | None]:
+    """Calibration inputs without data: Gaussian noise (token ids below `vocab`), synthesised into inputs
+    that give the model's trained BatchNorms their statistics where it has any (synthetic_data.py), with
+    the line saying so."""
+    noise = data_mod.random_data(shape, count=max(256, config.prune.calibration_samples), seed=config.seed,
+                                 vocab=vocab)
+    budget = config.prune.synthetic_budget_s
+    cache = None  # the weights are hashed only where inputs are synthesised
+    if budget > 0 and synthetic_data.trained_norms(dense):
+        cache = (loading.cache_dir() / "synthetic" / f"{model_digest(dense, noise.x_train[:1])}-seed{config.seed}"
+                 f"-budget{budget:g}-count{len(noise.x_train) + len(noise.x_test)}.pt")
+    synthesised = synthetic_data.synthesize(dense, noise, budget, config.seed, cache)
+    return synthesised if synthesised is not None else (noise, None)
+
+
 def build_context(config: RunConfig, run_dir: Path) -> RunContext:
     torch.manual_seed(config.seed)
     entry = loading.zoo_entry(config.model)
@@ -363,17 +379,8 @@ def build_context(config: RunConfig, run_dir: Path) -> RunContext:
             out = dense(example)
     _check_batch_and_autograd(dense, example)
     if data is None:
-        data = data_mod.random_data(tuple(shape), count=max(256, config.prune.calibration_samples), seed=config.seed,
-                                    vocab=vocab)
-        budget = config.prune.synthetic_budget_s
-        cache = None  # hashing the weights only where inputs are synthesised
-        if budget > 0 and synthetic_data.trained_norms(dense):
-            cache = (loading.cache_dir() / "synthetic" / f"{model_digest(dense, data.x_train[:1])}-seed{config.seed}"
-                     f"-budget{budget:g}-count{len(data.x_train) + len(data.x_test)}.pt")
-        synthesised = synthetic_data.synthesize(dense, data, budget, config.seed, cache)
-        if synthesised is not None:
-            data, line = synthesised
-            note(line)
+        data, line = _data_free_inputs(dense, tuple(shape), vocab, config)
+        note(line)
     elif vocab is not None:
         data = data_mod.as_token_ids(data, vocab, f"--data {config.data or data.name}")
     elif data.integer_inputs and data.x_train.max() > 1:
