@@ -41,6 +41,7 @@ from . import attention_heads, frozen_norm, recurrent, tp_fixes
 from .model_outputs import output_modules, output_tensors
 from .errors import UserError, first_line
 from .masks import ChannelMasks
+from .unfollowed_ops import unfollowed_mapping_note, unfollowed_op_reason
 
 tp_fixes.apply()
 
@@ -232,7 +233,7 @@ class GroupGraph:
                                               f"nn.MultiheadAttention {attention[0]} (its heads are pruned instead)"))
             return
         units, grouped, reason = self._grouped_conv_units(group, channels)
-        reason = _unfollowed_op_reason(group) or reason
+        reason = unfollowed_op_reason(group) or reason
         if isinstance(root, recurrent.RECURRENT):
             reason = recurrent.blocker(root) or reason
             units = recurrent.units(root) if units is None else units
@@ -426,7 +427,7 @@ class GroupGraph:
             return {}
         if len(groups) == 1:
             group = groups[0]
-            return {group.name: self._raw_parameters_note(group) + reason + _unfollowed_mapping_note(group, reason)}
+            return {group.name: self._raw_parameters_note(group) + reason + unfollowed_mapping_note(group, reason)}
         half = len(groups) // 2
         failures = self._find_failures(groups[:half], x) | self._find_failures(groups[half:], x)
         if not failures:  # each half is fine alone, not together: keep the first half
@@ -540,30 +541,6 @@ def apply_plan(model: nn.Module, example_input: torch.Tensor, plan: Plan, ignore
     return model
 
 
-def _passes_op(tp_group, *grad_fns: str) -> bool:
-    """Whether a DepGraph group passes an op traced from one of these autograd functions (DepGraph keeps
-    ops it has no mapping for as elementwise, named by their grad_fn: "GluBackward0")."""
-    return any(str(getattr(item.dep.target.module, "_grad_fn", "")).startswith(grad_fns) for item in tp_group)
-
-
-def _unfollowed_op_reason(group) -> str | None:
-    """Why a group that passes an op whose channel mapping Torch-Pruning does not follow cannot be pruned:
-    F.glu / nn.GLU, or a pixel unshuffle. GLU halves the channels, and Torch-Pruning maps it as an
-    elementwise op (the same channels in and out), so its consumers would lose the wrong inputs. The
-    verification trial may not notice: a removal that happens to take the same offsets from both halves
-    is exact."""
-    if _passes_op(group, "GluBackward"):
-        return ("it feeds F.glu / nn.GLU, whose halving Torch-Pruning does not follow (written as "
-                "`a, b = x.chunk(2, dim=1); a * torch.sigmoid(b)` it is pruned)")
-    # The same for a pixel unshuffle (one channel becomes r*r; tp_fixes maps the shuffle): the trial fails
-    # on shapes alone, but with a bare "Given groups=1, weight of size ..., expected input ... to have 20
-    # channels, but got 24".
-    if _passes_op(group, "PixelUnshuffleBackward"):
-        return ("it feeds a pixel unshuffle (nn.PixelUnshuffle), which spreads each channel over r x r; "
-                "Torch-Pruning follows it as if each channel stayed one channel")
-    return None
-
-
 def _union_pixel_blocks(group, channels: int, union) -> bool:
     """Unions the root channels a pixel shuffle folds into one channel (tp_fixes maps input channel i to
     output channel i // r^2): an ESPCN upsampler's conv keeps or loses whole blocks of r^2, or the
@@ -584,37 +561,6 @@ def _union_pixel_blocks(group, channels: int, union) -> bool:
                 union(r, block[0])
                 unioned = True
     return unioned
-
-
-def _unfollowed_mapping_note(group: ChannelGroup, reason: str) -> str:
-    """Why a trial broke, where the group's channels pass an op whose index mapping Torch-Pruning gets
-    wrong, so the user learns what to change rather than a bare "IndexError: index 192 is out of bounds".
-
-    A transpose or permute: DepGraph maps it as elementwise, so past one it prunes whatever axis now sits
-    where the channels were (an MLP-Mixer's stream reached its token-mixing Linears' 64 token inputs as if
-    they were its 128 channels). A split whose parts are concatenated again (YOLOv8's C2f, Res2Net,
-    FasterNet's partial conv): the concat's offsets come out wrong (Torch-Pruning's own YOLOv8 example
-    replaces C2f's chunked conv with two convs, which are pruned here too). An in-place write to a channel
-    slice (`x[:, :k] = conv(x[:, :k])`): not followed at all. A reshape to sizes written in forward (a
-    timm-style qkv split into heads): the trial's bare "shape '[2, 65, 3, 3, 64]' is invalid"."""
-    if not reason.startswith("pruning breaks the model"):
-        return ""
-    if "IndexError" in reason and _passes_op(group.tp_group, "TransposeBackward", "PermuteBackward"):
-        return (" (its channels pass a transpose or permute, which Torch-Pruning follows as if the channel axis "
-                "stayed in place)")
-    ops = {type(item.dep.target.module) for item in group.tp_group}
-    if tp.ops._SplitOp in ops and tp.ops._ConcatOp in ops:
-        return (" (its channels pass a split whose parts are concatenated again, as in YOLOv8's C2f or Res2Net, and "
-                "Torch-Pruning maps the concat's offsets wrongly there; where the split cuts one conv's output in "
-                "two, two convs in its place are pruned)")
-    if _passes_op(group.tp_group, "torch::autograd::CopySlices"):
-        return (" (its channels are written in place through a slice, `x[:, :k] = ...`, which Torch-Pruning does "
-                "not follow)")
-    if "is invalid for input of size" in reason:
-        return (" (forward reshapes these channels to sizes fixed in the code, as a timm-style attention splits "
-                "its qkv Linear into heads with reshape(B, N, 3, heads, C // heads); those sizes do not shrink "
-                "with the channels. Attention written with nn.MultiheadAttention has its heads pruned whole)")
-    return ""
 
 
 def _group_count(module: nn.Module) -> int:
