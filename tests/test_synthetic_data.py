@@ -49,7 +49,8 @@ def test_synthesised_inputs_give_the_batch_norms_their_statistics():
     x = torch.cat([data.x_test, data.x_train])
     assert x.shape[1:] == (3, 6, 6) and len(x) % 64 == 0 and len(x) >= 64
     start = statistics_loss(model, torch.cat([noise.x_test, noise.x_train])[:len(x)])
-    assert statistics_loss(model, x) < start / 4, (statistics_loss(model, x), start)  # 0.35 -> 0.044 here
+    # 0.35 -> 0.044 here; a slow machine gets MIN_STEPS (30) a batch: 0.075 with MAX_STEPS forced to 30
+    assert statistics_loss(model, x) < start / 3, (statistics_loss(model, x), start)
     assert line.startswith(f"data-free: {len(x)} inputs synthesised") and "2 BatchNorms" in line
     # the model is as it was: eval mode, its parameters' flags
     assert not model.training and all(p.requires_grad for p in model.parameters())
