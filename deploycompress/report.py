@@ -171,7 +171,7 @@ def summary_lines(report: dict) -> list[str]:
         # worse than the random-input figures suggest (README, "Without --data").
         inputs = ("inputs synthesised to give its BatchNorms their trained statistics"
                   if report["data"] == "synthetic" else "random inputs")
-        lines.append(f"data      none: the plan was chosen, and BatchNorm re-estimated, on {inputs}, and the "
+        lines.append(f"data      none: the plan was chosen (and BatchNorms re-estimated) on {inputs}, and the "
                      "outputs above are compared on them; samples of real inputs (--data with x alone, no labels "
                      "needed) choose and check the plan on what the model will see")
     coarse = _coarse_widths_text(report)

@@ -69,8 +69,8 @@ def synthesize(model: nn.Module, random: DataBundle, budget_s: float, seed: int,
         if isinstance(x, torch.Tensor) and x.shape[1:] == random.x_train.shape[1:]:
             return _bundle(x), (f"data-free: {len(x)} inputs synthesised earlier for this model so that each of "
                                 f"its {len(norms)} BatchNorms sees its trained mean and variance on them, read "
-                                f"from {cache}; they, not Gaussian noise, calibrate the search and re-estimate "
-                                "BatchNorm (prune.synthetic_budget_s)")
+                                f"from {cache}; they, not Gaussian noise, calibrate the search{_and_reestimate(norms)} "
+                                "(prune.synthetic_budget_s)")
     pool = torch.cat([random.x_test, random.x_train])
     seen: list[tuple[torch.Tensor, nn.Module]] = []
 
@@ -99,8 +99,13 @@ def synthesize(model: nn.Module, random: DataBundle, budget_s: float, seed: int,
         atomic_write(cache, lambda p: torch.save(x, p))
     return _bundle(x), (f"data-free: {len(x)} inputs synthesised in {time.perf_counter() - start:.0f} s so that each of the "
                   f"{len(norms)} BatchNorms sees its trained mean and variance on them ({steps} Adam steps a batch of "
-                  f"{BATCH}, statistics loss {last_loss:.3g}); they, not Gaussian noise, calibrate the search and "
-                  "re-estimate BatchNorm (prune.synthetic_budget_s)")
+                  f"{BATCH}, statistics loss {last_loss:.3g}); they, not Gaussian noise, calibrate the search"
+                  f"{_and_reestimate(norms)} (prune.synthetic_budget_s)")
+
+
+def _and_reestimate(norms: list[nn.Module]) -> str:
+    """Frozen norms keep their statistics (the prune stage re-estimates torch's BatchNorms only)."""
+    return " and re-estimate BatchNorm" if any(isinstance(n, nn.modules.batchnorm._BatchNorm) for n in norms) else ""
 
 
 def _bundle(x: torch.Tensor) -> DataBundle:

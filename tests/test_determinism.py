@@ -218,4 +218,4 @@ def test_a_data_free_run_says_its_figures_are_on_random_inputs():
     assert not any(line.startswith("data") for line in summary_lines(report))
     report["data"] = "random"
     (line,) = [line for line in summary_lines(report) if line.startswith("data")]
-    assert "chosen, and BatchNorm re-estimated, on random inputs" in line and "--data with x alone" in line
+    assert "chosen (and BatchNorms re-estimated) on random inputs" in line and "--data with x alone" in line

@@ -88,3 +88,21 @@ def test_a_second_run_reads_the_inputs_the_first_synthesised(tmp_path):
     assert "synthesised earlier for this model" in line
     cache.write_bytes(b"damaged")
     assert synthesize(model, noise, budget_s=1.0, seed=0, cache=cache)[0].name == "synthetic"
+
+
+def test_the_line_claims_re_estimation_only_where_torch_batch_norms_are():
+    """Frozen norms keep their statistics: the prune stage re-estimates torch's BatchNorms only."""
+    class Frozen(nn.Module):
+        def __init__(self, n: int):
+            super().__init__()
+            self.register_buffer("running_mean", torch.full((n,), 0.5))
+            self.register_buffer("running_var", torch.full((n,), 0.2))
+
+        def forward(self, x):
+            return (x - self.running_mean.reshape(1, -1, 1, 1)) * self.running_var.rsqrt().reshape(1, -1, 1, 1)
+
+    noise = random_data((1, 3, 6, 6), count=64, seed=0)
+    frozen = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Frozen(8), nn.Flatten(), nn.Linear(8 * 36, 4)).eval()
+    assert synthesize(frozen, noise, 1.0, 0)[1].endswith("calibrate the search (prune.synthetic_budget_s)")
+    assert synthesize(trained_net(), noise, 1.0, 0)[1].endswith(
+        "calibrate the search and re-estimate BatchNorm (prune.synthetic_budget_s)")
