@@ -16,6 +16,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -118,16 +119,22 @@ def structured(model: nn.Module):
         model.__class__ = flat_class
 
 
+def join_outputs(outputs: list):
+    """An ONNX session's outputs as the flat forward returns them: one output as it is, several flattened
+    per sample and concatenated in order."""
+    if len(outputs) == 1:
+        return outputs[0]
+    return np.concatenate([o.reshape(len(o), -1) for o in outputs], 1)
+
+
 def output_names(model: nn.Module, default: str) -> list[str]:
     layout = layout_of(model)
     return [default] if layout is None else list(layout.names)
 
 
-def per_output(layout: OutputLayout | None, student: torch.Tensor, teacher: torch.Tensor, loss) -> torch.Tensor:
+def per_output(layout: OutputLayout, student: torch.Tensor, teacher: torch.Tensor, loss) -> torch.Tensor:
     """`loss(student, teacher)` (per sample) summed over each output, each in its own shape: a softmax
     over one output's classes must not run across another output's box coordinates."""
-    if layout is None:
-        return loss(student, teacher)
     if student.shape[1] != sum(layout.sizes):
         raise UserError(f"the model's outputs in training mode ({student.shape[1]} values a sample) are not the "
                         f"{sum(layout.sizes)} it returns in eval mode ({layout.describe()}): the finetune "

@@ -110,9 +110,7 @@ def max_abs_diff(model: nn.Module, session, inputs: torch.Tensor) -> float:
     input_name = session.get_inputs()[0].name
     # token ids stay int64, as the exported model takes them
     feed = inputs.numpy().astype(np.float32) if inputs.is_floating_point() else inputs.numpy()
-    actual = session.run(None, {input_name: feed})
-    # several outputs: flattened per sample and concatenated, as the model's flat forward returns them
-    actual = actual[0] if len(actual) == 1 else np.concatenate([a.reshape(len(a), -1) for a in actual], 1)
+    actual = multi_output.join_outputs(session.run(None, {input_name: feed}))
     return float(np.abs(expected - actual).max())
 
 

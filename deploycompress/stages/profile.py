@@ -6,7 +6,7 @@ import numpy as np
 from ..context import RunContext
 from ..gate import measurement_problem
 from ..latency import host, runtime
-from ..multi_output import OutputLayout, layout_of
+from ..multi_output import OutputLayout, join_outputs, layout_of
 from .base import Stage
 
 
@@ -14,12 +14,8 @@ def onnx_outputs(session, x) -> np.ndarray:
     """The model's outputs on `x`; a model of several outputs gives them flattened per sample and
     concatenated in the order of its ONNX outputs, as multi_output.py's flat forward does."""
     name = session.get_inputs()[0].name
-    batches = []
-    for i in range(0, len(x), 256):
-        outputs = session.run(None, {name: x[i:i + 256].numpy()})
-        batches.append(outputs[0] if len(outputs) == 1 else
-                       np.concatenate([o.reshape(len(o), -1) for o in outputs], 1))
-    return np.concatenate(batches)
+    return np.concatenate([join_outputs(session.run(None, {name: x[i:i + 256].numpy()}))
+                           for i in range(0, len(x), 256)])
 
 
 def accuracy_of(outputs: np.ndarray, y) -> float | None:
