@@ -19,7 +19,7 @@ from .fileio import atomic_write
 from .graph import ChannelMasks, GroupGraph, Plan
 from .models import loading, zoo
 from .recipe import RunConfig
-from .training import accuracy, fit
+from .training import accuracy, fit, requires_grad_while
 
 log = logging.getLogger("deploycompress")
 
@@ -189,17 +189,11 @@ def _check_batch_and_autograd(model: nn.Module, example: torch.Tensor) -> None:
     hint = ("its forward fixes the batch size, e.g. x.view(1, -1); write x.flatten(1) or x.view(x.size(0), -1): "
             "deploycompress feeds batches")
     params = [p for p in model.parameters() if p.is_floating_point()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), requires_grad_while(params, True):
             out = model(torch.cat([example, example]))
     except Exception as exc:  # noqa: BLE001 - whatever the model raises, one line
         raise UserError(f"the model runs on a batch of 1 but not of 2: {first_line(exc)} ({hint})") from None
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
     if not isinstance(out, torch.Tensor):
         return  # build_context says what a forward must return
     if out.dim() == 0 or out.shape[0] != 2:

@@ -25,6 +25,7 @@ from . import frozen_norm
 from .data import DataBundle
 from .fileio import atomic_write
 from .progress import bar as progress_bar
+from .training import requires_grad_while
 
 BATCH = 64  # samples optimised together: a batch's statistics are matched, as in ZeroQ
 # Steps a batch are set so that about TARGET_BATCHES batches fit the budget: SPDY's loss and the
@@ -67,10 +68,7 @@ def synthesize(model: nn.Module, random: DataBundle, budget_s: float, seed: int,
         except Exception:  # noqa: BLE001 - a damaged cache entry is synthesised again
             x = None
         if isinstance(x, torch.Tensor) and x.shape[1:] == random.x_train.shape[1:]:
-            return _bundle(x), (f"data-free: {len(x)} inputs synthesised earlier for this model so that each of "
-                                f"its {len(norms)} BatchNorms sees its trained mean and variance on them, read "
-                                f"from {cache}; they, not Gaussian noise, calibrate the search{_and_reestimate(norms)} "
-                                "(prune.synthetic_budget_s)")
+            return _bundle(x), _line(x, norms, "synthesised earlier for this model", f", read from {cache}")
     pool = torch.cat([random.x_test, random.x_train])
     seen: list[tuple[torch.Tensor, nn.Module]] = []
 
@@ -78,34 +76,32 @@ def synthesize(model: nn.Module, random: DataBundle, budget_s: float, seed: int,
         seen.append((inputs[0], module))
 
     handles = [m.register_forward_hook(record) for m in norms]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
     model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
     torch.manual_seed(seed)
     start = time.perf_counter()
     try:
-        batches, steps, last_loss = _optimise(model, pool, seen, budget_s, start)
+        with requires_grad_while(list(model.parameters()), False):
+            batches, steps, last_loss = _optimise(model, pool, seen, budget_s, start)
     finally:
         for h in handles:
             h.remove()
-        for p, flag in flags:
-            p.requires_grad_(flag)
         model.train(was_training)
     x = torch.cat(batches)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(cache, lambda p: torch.save(x, p))
-    return _bundle(x), (f"data-free: {len(x)} inputs synthesised in {time.perf_counter() - start:.0f} s so that each of the "
-                  f"{len(norms)} BatchNorms sees its trained mean and variance on them ({steps} Adam steps a batch of "
-                  f"{BATCH}, statistics loss {last_loss:.3g}); they, not Gaussian noise, calibrate the search"
-                  f"{_and_reestimate(norms)} (prune.synthetic_budget_s)")
+    return _bundle(x), _line(x, norms, f"synthesised in {time.perf_counter() - start:.0f} s",
+                             f" ({steps} Adam steps a batch of {BATCH}, statistics loss {last_loss:.3g})")
 
 
-def _and_reestimate(norms: list[nn.Module]) -> str:
-    """Frozen norms keep their statistics (the prune stage re-estimates torch's BatchNorms only)."""
-    return " and re-estimate BatchNorm" if any(isinstance(n, nn.modules.batchnorm._BatchNorm) for n in norms) else ""
+def _line(x: torch.Tensor, norms: list[nn.Module], how: str, detail: str) -> str:
+    """What the run calibrates on. Frozen norms keep their statistics (the prune stage re-estimates
+    torch's BatchNorms only), so re-estimation is claimed only where the model has those."""
+    reestimated = any(isinstance(n, nn.modules.batchnorm._BatchNorm) for n in norms)
+    return (f"data-free: {len(x)} inputs {how} so that each of the {len(norms)} BatchNorms sees its trained mean "
+            f"and variance on them{detail}; they, not Gaussian noise, calibrate the search"
+            f"{' and re-estimate BatchNorm' if reestimated else ''} (prune.synthetic_budget_s)")
 
 
 def _bundle(x: torch.Tensor) -> DataBundle:
@@ -153,7 +149,8 @@ def _optimise(model: nn.Module, pool: torch.Tensor, seen: list, budget_s: float,
             progress.set_postfix(loss=f"{float(loss.detach()):.3g}")
         last_loss = float(loss.detach())
         batches.append(x.detach())
-        if time.perf_counter() - start + (time.perf_counter() - start) / len(batches) > budget_s:
+        elapsed = time.perf_counter() - start
+        if elapsed + elapsed / len(batches) > budget_s:  # another batch would not fit
             break
     progress.close()
     return batches, steps, last_loss

@@ -1,6 +1,7 @@
 """Training, distillation and evaluation loops shared by the zoo cache and the finetune stage."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -11,6 +12,19 @@ from .progress import bar as progress_bar
 from .data import DataBundle
 from .errors import UserError
 from .multi_output import OutputLayout, layout_of, per_output
+
+
+@contextlib.contextmanager
+def requires_grad_while(parameters: list[torch.Tensor], value: bool):
+    """Each of `parameters` requires grad (or not) for as long as the block runs; its own flag after."""
+    flags = [p.requires_grad for p in parameters]
+    for p in parameters:
+        p.requires_grad_(value)
+    try:
+        yield
+    finally:
+        for p, flag in zip(parameters, flags):
+            p.requires_grad_(flag)
 
 
 @torch.no_grad()
